@@ -1,0 +1,3 @@
+from kdlens.cli import main
+
+main()
