@@ -20,11 +20,17 @@ from kdlens.controls import *
 from kdlens.compare import *
 from kdlens.analysis import *
 from kdlens.recommend import *
-from kdlens import errors as _e, store as _s, validation as _v, importing as _i
-from kdlens import softlabels as _sl, calibration as _c, fidelity as _f, streaming as _st
-from kdlens import similarity as _sim, structure as _str, controls as _ctl, compare as _cmp
-from kdlens import analysis as _a, recommend as _r
+import importlib as _importlib
 
+# Submodules are looked up by name: a function may share its module's name
+# (``recommend``), and the star imports above bind the function, not the module.
+_MODULES = [
+    _importlib.import_module(f"kdlens.{_m}")
+    for _m in (
+        "errors", "store", "validation", "importing", "softlabels", "calibration", "fidelity",
+        "streaming", "similarity", "structure", "controls", "compare", "analysis", "recommend",
+    )
+]
 
 def __getattr__(name: str) -> object:
     # The harness needs torch; import it only when a user reaches for it.
@@ -37,5 +43,5 @@ def __getattr__(name: str) -> object:
 
 __all__ = sorted(
     {"__version__", "LogitsWriter"}
-    | {n for m in (_e, _s, _v, _i, _sl, _c, _f, _st, _sim, _str, _ctl, _cmp, _a, _r) for n in m.__all__}
+    | {n for m in _MODULES for n in m.__all__}
 )

@@ -199,6 +199,7 @@ class CheckpointWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
             os.replace(self._tmp, self.path)
         return self.path
 
@@ -239,6 +240,12 @@ def write_logits(
     ) as w:
         w.write(z, split=split, labels=labels, example_ids=example_ids)
     return Path(path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
@@ -392,12 +399,19 @@ class LogitsStore:
         for part in self.find(run, checkpoint, split):
             pf = pq.ParquetFile(part.file)
             cols = ["example_id", "label", "logits"] + (["run", "checkpoint", "split"] if part.mixed else [])
-            for rb in pf.iter_batches(batch_size=rows, row_groups=list(part.row_groups), columns=cols):
-                if part.mixed:
-                    rb = _filter_part(rb, part)
-                    if rb.num_rows == 0:
-                        continue
-                yield _to_batch(rb, k, part.file)
+            md = pf.metadata
+            for g in part.row_groups:
+                # Whole row groups decode fastest (columns in parallel); kdlens writes them
+                # bounded, so only a foreign file's oversized group falls back to streaming.
+                if md.row_group(g).num_rows <= 2 * rows:
+                    chunks = pf.read_row_group(g, columns=cols).to_batches(max_chunksize=rows)
+                else:
+                    chunks = pf.iter_batches(batch_size=rows, row_groups=[g], columns=cols)
+                for rb in chunks:
+                    if part.mixed:
+                        rb = _filter_part(rb, part)
+                    if rb.num_rows:
+                        yield _to_batch(rb, k, part.file)
 
     def load(self, run: str, checkpoint: str, split: str) -> Batch:
         """All rows of one part as arrays (use :meth:`iter_batches` for large parts)."""
