@@ -10,6 +10,7 @@ from kdlens.cli import (  # noqa: F401  (imported for their @app.command side ef
     harness_cmd,
     recommend_cmd,
     report_cmd,
+    similarity_cmd,
     store_cmd,
 )
 from kdlens.cli._app import app
