@@ -1,5 +1,317 @@
-"""Placeholder: filled in by its issue."""
+"""Student comparison: knowledge distillation or a regularization effect?
+
+``science.md``, "Distillation vs regularization", test 3. Students distilled from the
+real teacher (``a``) and from one of its controls, typically the LS-equivalent teacher
+(``b``), are compared on the same test examples:
+
+* **paired bootstrap** CI of the accuracy difference ``acc(a) − acc(b)``: examples are
+  resampled with replacement (the same indices for both sides, which keeps the pairing);
+  with several seeds per side, each example's correctness is first averaged over seeds;
+* **exact McNemar test** (``scipy.stats.binomtest`` on the discordant pairs, two-sided):
+  with several seeds, seed ``i`` of ``a`` is paired with seed ``i`` of ``b`` and the
+  discordant counts of all pairs are pooled (this treats seed pairs as independent
+  trials; the seed-level test below guards against reading too much into it);
+* **seed-level test** when both sides have at least two seeds: a paired t-test on the
+  per-seed accuracies when the seeds pair up (same count), else Welch's t-test
+  (``scipy.stats``).
+
+Verdict: ``"knowledge distillation"`` when ``a`` beats ``b`` significantly — the CI lies
+above 0, McNemar ``p < alpha`` and, when it could be run, the seed-level test has
+``p < alpha`` with a positive mean difference; otherwise ``"regularization effect"``.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kdlens.errors import InputError, StoreError
+
+__all__ = [
+    "StudentComparison",
+    "compare_students",
+    "compare_stores",
+    "KNOWLEDGE_DISTILLATION",
+    "REGULARIZATION_EFFECT",
+]
+
+KNOWLEDGE_DISTILLATION = "knowledge distillation"
+REGULARIZATION_EFFECT = "regularization effect"
+
+
+@dataclass(frozen=True)
+class StudentComparison:
+    """Outcome of :func:`compare_students` (see the module docstring)."""
+
+    verdict: str
+    accuracy_a: float  #: mean accuracy of the real teacher's students
+    accuracy_b: float  #: mean accuracy of the control's students
+    difference: float  #: accuracy_a − accuracy_b
+    ci_low: float
+    ci_high: float
+    confidence: float
+    mcnemar_p: float
+    a_only_correct: int  #: discordant pairs where only a is right (pooled over seed pairs)
+    b_only_correct: int
+    seed_test: str | None  #: "paired t-test", "Welch t-test" or None
+    seed_p: float | None
+    n_examples: int
+    n_seeds_a: int
+    n_seeds_b: int
+    n_bootstrap: int
+    alpha: float
+    seed_accuracies_a: list[float] = field(default_factory=list)
+    seed_accuracies_b: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                for k, v in asdict(self).items()}
+
+
+def _correctness(x: Any, labels: np.ndarray, side: str) -> np.ndarray:
+    """(seeds, n) bool from predictions (n,) / logits (n, K), or a sequence of them."""
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise InputError(f"{side}: no student outputs given")
+        return np.stack([_correctness(s, labels, side)[0] for s in x])
+    arr = np.asarray(x)
+    if arr.ndim == 1:
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise InputError(
+                f"{side}: 1-D student outputs must be integer class predictions, got {arr.dtype}"
+            )
+        pred = arr
+    elif arr.ndim == 2:
+        if not np.isfinite(arr).all():
+            raise InputError(f"{side}: student logits contain NaN or infinite values")
+        pred = arr.argmax(axis=1)  # the same for logits and probabilities
+    else:
+        raise InputError(
+            f"{side}: expected predictions (n,), logits (n, K) or a list of them per seed, "
+            f"got shape {arr.shape}"
+        )
+    if pred.shape[0] != labels.shape[0]:
+        raise InputError(
+            f"{side} and labels must be same length, but {side} is length {pred.shape[0]} "
+            f"and labels is length {labels.shape[0]}"
+        )
+    return (pred == labels)[None, :]
+
+
+def compare_students(
+    a: Any,
+    b: Any,
+    *,
+    labels: Any,
+    n_bootstrap: int = 10_000,
+    seed: int | None = 0,
+    confidence: float = 0.95,
+    alpha: float = 0.05,
+) -> StudentComparison:
+    """Compare the real teacher's students ``a`` with a control's students ``b``.
+
+    Parameters
+    ----------
+    a, b : student outputs on the same examples, in the same order as ``labels``:
+        integer predictions (n,), logits or probabilities (n, K) (only the argmax is
+        used), or a list of either with one entry per student seed.
+    labels : (n,) int, the true labels.
+    n_bootstrap : int
+        Bootstrap resamples for the CI.
+    seed : int or None
+    confidence : float
+        Level of the CI.
+    alpha : float
+        Significance level of the verdict.
+    """
+    y = np.asarray(labels)
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise InputError(f"labels must be a 1-D int array, got shape {y.shape} dtype {y.dtype}")
+    if y.size == 0:
+        raise InputError("compare_students needs at least one example")
+    if int(n_bootstrap) < 1:
+        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    ca = _correctness(a, y, "a")
+    cb = _correctness(b, y, "b")
+    return _compute_comparison(
+        ca, cb, n_bootstrap=int(n_bootstrap), seed=seed, confidence=confidence, alpha=alpha
+    )
+
+
+def _compute_comparison(
+    ca: np.ndarray, cb: np.ndarray, *, n_bootstrap: int, seed: int | None,
+    confidence: float, alpha: float,
+) -> StudentComparison:
+    from scipy import stats
+
+    n = ca.shape[1]
+    d = ca.mean(axis=0) - cb.mean(axis=0)  # per-example difference, seed-averaged
+    rng = np.random.default_rng(seed)
+    boots = np.empty(n_bootstrap)
+    chunk = max(1, 2_000_000 // n)
+    for s in range(0, n_bootstrap, chunk):
+        m = min(chunk, n_bootstrap - s)
+        idx = rng.integers(0, n, size=(m, n))
+        boots[s : s + m] = d[idx].mean(axis=1)
+    lo, hi = np.quantile(boots, [(1 - confidence) / 2, (1 + confidence) / 2])
+    pairs = min(ca.shape[0], cb.shape[0])
+    a_only = int((ca[:pairs] & ~cb[:pairs]).sum())
+    b_only = int((~ca[:pairs] & cb[:pairs]).sum())
+    disc = a_only + b_only
+    mcnemar_p = float(stats.binomtest(a_only, disc, 0.5).pvalue) if disc else 1.0
+    acc_a = ca.mean(axis=1)
+    acc_b = cb.mean(axis=1)
+    seed_test: str | None = None
+    seed_p: float | None = None
+    if ca.shape[0] >= 2 and cb.shape[0] >= 2:
+        if ca.shape[0] == cb.shape[0]:
+            seed_test = "paired t-test"
+            diffs = acc_a - acc_b
+            seed_p = 1.0 if np.all(diffs == diffs[0]) and diffs[0] == 0 else float(
+                stats.ttest_rel(acc_a, acc_b).pvalue
+            )
+        else:
+            seed_test = "Welch t-test"
+            seed_p = float(stats.ttest_ind(acc_a, acc_b, equal_var=False).pvalue)
+        if not math.isfinite(seed_p):  # zero variance with a non-zero difference
+            seed_p = 0.0 if acc_a.mean() != acc_b.mean() else 1.0
+    diff = float(d.mean())
+    significant = lo > 0 and mcnemar_p < alpha and a_only > b_only
+    if seed_p is not None:
+        significant = significant and seed_p < alpha and acc_a.mean() > acc_b.mean()
+    return StudentComparison(
+        verdict=KNOWLEDGE_DISTILLATION if significant else REGULARIZATION_EFFECT,
+        accuracy_a=float(acc_a.mean()),
+        accuracy_b=float(acc_b.mean()),
+        difference=diff,
+        ci_low=float(lo),
+        ci_high=float(hi),
+        confidence=confidence,
+        mcnemar_p=mcnemar_p,
+        a_only_correct=a_only,
+        b_only_correct=b_only,
+        seed_test=seed_test,
+        seed_p=seed_p,
+        n_examples=n,
+        n_seeds_a=int(ca.shape[0]),
+        n_seeds_b=int(cb.shape[0]),
+        n_bootstrap=n_bootstrap,
+        alpha=alpha,
+        seed_accuracies_a=[float(v) for v in acc_a],
+        seed_accuracies_b=[float(v) for v in acc_b],
+    )
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _student_predictions(store: Any, split: str) -> list[dict[str, Any]]:
+    """One entry per (run, checkpoint): its seed, and predictions and labels by example id."""
+    students = []
+    for run, ckpt in store.keys():
+        if not any(p.split == split for p in store.find(run, ckpt)):
+            continue
+        ids, preds, labels = [], [], []
+        for batch in store.iter_batches(run, ckpt, split):
+            ids.append(batch.example_ids)
+            preds.append(batch.logits.argmax(axis=1))
+            labels.append(batch.labels)
+        cfg = store.checkpoint_metadata(run, ckpt).get("config") or {}
+        students.append({
+            "run": run, "checkpoint": ckpt,
+            "seed": cfg.get("seed") if isinstance(cfg, dict) else None,
+            "ids": np.concatenate(ids), "pred": np.concatenate(preds),
+            "label": np.concatenate(labels),
+        })
+    return students
+
+
+def _order_by_seed(students: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seeds = [s["seed"] for s in students]
+    if all(v is not None for v in seeds) and len(set(map(str, seeds))) == len(seeds):
+        return sorted(students, key=lambda s: (str(type(s["seed"])), s["seed"]))
+    return students
+
+
+def compare_stores(
+    real_store: Any,
+    control_store: Any,
+    *,
+    split: str = "test",
+    n_bootstrap: int = 10_000,
+    seed: int | None = 0,
+    alpha: float = 0.05,
+) -> tuple[pl.DataFrame, StudentComparison]:
+    """Compare two stores of *student* logits (real-teacher students vs control students).
+
+    Each (run, checkpoint) of a store is one student seed. Seeds are paired by the
+    ``seed`` in the checkpoint's config metadata when every student has a distinct one,
+    else by store order. Examples are aligned by ``example_id`` (only ids present in
+    every student are used) and must carry the same label everywhere.
+
+    Returns
+    -------
+    (frame, comparison): one row per student (``side``, ``run``, ``checkpoint``,
+    ``seed``, ``n``, ``accuracy``) and the :class:`StudentComparison`.
+    """
+    from kdlens.store import open_store
+
+    if int(n_bootstrap) < 1:
+        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    sides = {"real": open_store(real_store), "control": open_store(control_store)}
+    got = {}
+    for side, st in sides.items():
+        students = _order_by_seed(_student_predictions(st, split))
+        if not students:
+            raise StoreError(f"{st.source}: no student has rows in split {split!r}")
+        got[side] = students
+    everyone = got["real"] + got["control"]
+    common = everyone[0]["ids"]
+    for s in everyone[1:]:
+        common = np.intersect1d(common, s["ids"])
+    if common.size == 0:
+        raise StoreError(f"the students share no example_id in split {split!r}")
+    ref_labels: np.ndarray | None = None
+    corr: dict[str, list[np.ndarray]] = {"real": [], "control": []}
+    rows = []
+    for side, students in got.items():
+        for s in students:
+            ids, first = np.unique(s["ids"], return_index=True)
+            pos = first[np.searchsorted(ids, common)]
+            lab = s["label"][pos]
+            if (lab < 0).any():
+                raise StoreError(
+                    f"{sides[side].source}: run={s['run']!r} checkpoint={s['checkpoint']!r} "
+                    f"has unlabelled examples in split {split!r}"
+                )
+            if ref_labels is None:
+                ref_labels = lab
+            elif not np.array_equal(lab, ref_labels):
+                raise StoreError(
+                    f"{sides[side].source}: run={s['run']!r} checkpoint={s['checkpoint']!r} "
+                    "labels disagree with the other students on the same example ids"
+                )
+            c = s["pred"][pos] == lab
+            corr[side].append(c)
+            rows.append({
+                "side": side, "run": s["run"], "checkpoint": s["checkpoint"],
+                "seed": None if s["seed"] is None else str(s["seed"]),
+                "n": int(common.size), "accuracy": float(c.mean()),
+            })
+    result = _compute_comparison(
+        np.stack(corr["real"]), np.stack(corr["control"]),
+        n_bootstrap=int(n_bootstrap), seed=seed, confidence=0.95, alpha=alpha,
+    )
+    schema = {"side": pl.Utf8, "run": pl.Utf8, "checkpoint": pl.Utf8, "seed": pl.Utf8,
+              "n": pl.Int64, "accuracy": pl.Float64}
+    return pl.DataFrame(rows, schema=schema), result
