@@ -20,6 +20,9 @@ from kdlens.controls import *
 from kdlens.compare import *
 from kdlens.analysis import *
 from kdlens.recommend import *
+from kdlens.report import *
+from kdlens.charts import *
+from kdlens.demo import *
 import importlib as _importlib
 
 # Submodules are looked up by name: a function may share its module's name
@@ -29,8 +32,10 @@ _MODULES = [
     for _m in (
         "errors", "store", "validation", "importing", "softlabels", "calibration", "fidelity",
         "streaming", "similarity", "structure", "controls", "compare", "analysis", "recommend",
+        "report", "charts", "demo",
     )
 ]
+
 
 def __getattr__(name: str) -> object:
     # The harness needs torch; import it only when a user reaches for it.
