@@ -17,9 +17,18 @@ def main() -> None:
     for epoch, sharp in ((1, 0.5), (4, 4.0)):
         path = HERE / "bs32-seed0" / f"ep{epoch:03d}.parquet"
         with CheckpointWriter(
-            path, run="bs32-seed0", checkpoint=f"ep{epoch:03d}", num_classes=3, epoch=epoch,
-            step=epoch * 10, batch_size=32, class_names=CLASSES, dataset="toy", model="mlp",
-            config={"optimizer": "sgd", "lr": 0.1, "seed": 0, "split_seed": 0}, overwrite=True,
+            path,
+            run="bs32-seed0",
+            checkpoint=f"ep{epoch:03d}",
+            num_classes=3,
+            epoch=epoch,
+            step=epoch * 10,
+            batch_size=32,
+            class_names=CLASSES,
+            dataset="toy",
+            model="mlp",
+            config={"optimizer": "sgd", "lr": 0.1, "seed": 0, "split_seed": 0},
+            overwrite=True,
         ) as w:
             for split in ("train", "test"):
                 y = labels[split]

@@ -5,25 +5,26 @@ scikit-learn; the training harness (``kdlens.harness``) needs the ``torch`` extr
 and is imported only when used.
 """
 
+import importlib as _importlib
+
 from kdlens._version import __version__
-from kdlens.errors import *
-from kdlens.store import *
-from kdlens.validation import *
-from kdlens.importing import *
-from kdlens.softlabels import *
-from kdlens.calibration import *
-from kdlens.fidelity import *
-from kdlens.streaming import *
-from kdlens.similarity import *
-from kdlens.structure import *
-from kdlens.controls import *
-from kdlens.compare import *
 from kdlens.analysis import *
+from kdlens.calibration import *
+from kdlens.charts import *
+from kdlens.compare import *
+from kdlens.controls import *
+from kdlens.demo import *
+from kdlens.errors import *
+from kdlens.fidelity import *
+from kdlens.importing import *
 from kdlens.recommend import *
 from kdlens.report import *
-from kdlens.charts import *
-from kdlens.demo import *
-import importlib as _importlib
+from kdlens.similarity import *
+from kdlens.softlabels import *
+from kdlens.store import *
+from kdlens.streaming import *
+from kdlens.structure import *
+from kdlens.validation import *
 
 # Submodules are looked up by name: a function may share its module's name
 # (``recommend``), and the star imports above bind the function, not the module.

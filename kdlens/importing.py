@@ -27,7 +27,15 @@ __all__ = ["ImportedCheckpoint", "import_files", "read_array_file"]
 
 Kind = Literal["logits", "probs", "log-probs"]
 KINDS = ("logits", "probs", "log-probs")
-_ARRAY_KEYS = ("logits", "log_probs", "probs", "probabilities", "predictions", "pred_probs", "outputs")
+_ARRAY_KEYS = (
+    "logits",
+    "log_probs",
+    "probs",
+    "probabilities",
+    "predictions",
+    "pred_probs",
+    "outputs",
+)
 _LABEL_KEYS = ("labels", "label", "y", "targets", "ground_truth")
 
 
@@ -105,12 +113,19 @@ def import_files(
             if lab is not None:
                 lab = _check_labels(lab, z.shape, path)
             dest = out / run / f"{name}.parquet"
-            config = {"imported_from": str(path), "kind": kind}
+            config: dict[str, Any] = {"imported_from": str(path), "kind": kind}
             if kind == "probs":
                 config["prob_floor"] = prob_floor
             with CheckpointWriter(
-                dest, run=run, checkpoint=name, num_classes=z.shape[1], class_names=class_names,
-                dataset=dataset, model=model, config=config, overwrite=overwrite,
+                dest,
+                run=run,
+                checkpoint=name,
+                num_classes=z.shape[1],
+                class_names=class_names,
+                dataset=dataset,
+                model=model,
+                config=config,
+                overwrite=overwrite,
             ) as w:
                 w.write(z, split=split, labels=lab, example_ids=np.arange(z.shape[0]))
             written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0]))
@@ -156,7 +171,9 @@ def _load_pt(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
-        raise InputError(f"{path}: reading .pt files needs torch (pip install 'kdlens[torch]')") from None
+        raise InputError(
+            f"{path}: reading .pt files needs torch (pip install 'kdlens[torch]')"
+        ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -183,8 +200,10 @@ def _pick(
         if not found:
             two_d = [k for k in keys if data[k].ndim == 2]
             if len(two_d) != 1:
-                raise InputError(f"{path}: cannot tell which array holds the outputs "
-                                 f"(keys: {', '.join(keys)}); pass --key")
+                raise InputError(
+                    f"{path}: cannot tell which array holds the outputs "
+                    f"(keys: {', '.join(keys)}); pass --key"
+                )
             found = two_d
         arr = data[found[0]]
     lab = None
@@ -237,12 +256,16 @@ def _check_labels(lab: Any, shape: tuple[int, ...], path: Path) -> np.ndarray:
     y = y.astype(np.int64)
     bad = (y < 0) | (y >= shape[1])
     if bad.any():
-        raise InputError(f"{path}: label {int(y[bad][0])} at row {int(np.flatnonzero(bad)[0])} "
-                         f"is outside [0, {shape[1]})")
+        raise InputError(
+            f"{path}: label {int(y[bad][0])} at row {int(np.flatnonzero(bad)[0])} "
+            f"is outside [0, {shape[1]})"
+        )
     return y
 
 
-def _to_logits(arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, prob_tol: float) -> np.ndarray:
+def _to_logits(
+    arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, prob_tol: float
+) -> np.ndarray:
     x = arr.astype(np.float64)
     if kind == "logits":
         return x.astype(np.float32)
@@ -253,8 +276,10 @@ def _to_logits(arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, pro
         off = np.abs(sums - 1.0) > prob_tol
         if off.any():
             i = int(np.flatnonzero(off)[0])
-            raise InputError(f"{path}: {int(off.sum())} rows do not sum to 1 within {prob_tol} "
-                             f"(row {i} sums to {sums[i]:.6g}); are these logits?")
+            raise InputError(
+                f"{path}: {int(off.sum())} rows do not sum to 1 within {prob_tol} "
+                f"(row {i} sums to {sums[i]:.6g}); are these logits?"
+            )
         return np.log(np.maximum(x, prob_floor)).astype(np.float32)
     # log-probs: -inf is a zero probability; give it the same stated floor
     if np.isnan(x).any() or (x == np.inf).any():
@@ -264,8 +289,10 @@ def _to_logits(arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, pro
     off = np.abs(lse) > prob_tol
     if off.any():
         i = int(np.flatnonzero(off)[0])
-        raise InputError(f"{path}: {int(off.sum())} rows are not normalised log-probabilities "
-                         f"(row {i}: logsumexp = {lse[i]:.6g}); use --kind logits?")
+        raise InputError(
+            f"{path}: {int(off.sum())} rows are not normalised log-probabilities "
+            f"(row {i}: logsumexp = {lse[i]:.6g}); use --kind logits?"
+        )
     return x.astype(np.float32)
 
 

@@ -130,7 +130,9 @@ class CheckpointWriter:
             {METADATA_KEY: json.dumps(meta, sort_keys=True, default=str).encode()}
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
         os.close(fd)
         self._tmp = Path(tmp)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
@@ -138,7 +140,16 @@ class CheckpointWriter:
             schema,
             compression="snappy",
             use_dictionary=["run", "checkpoint", "split"],
-            write_statistics=["run", "checkpoint", "split", "epoch", "step", "batch_size", "example_id", "label"],
+            write_statistics=[
+                "run",
+                "checkpoint",
+                "split",
+                "epoch",
+                "step",
+                "batch_size",
+                "example_id",
+                "label",
+            ],
         )
         self.rows_written = 0
 
@@ -256,7 +267,11 @@ def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
 
 def _as_numpy(x: Any, dtype: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor; torch itself is never imported here
-        x = x.detach().to("cpu").float().numpy() if dtype == np.float32 else x.detach().cpu().numpy()
+        x = (
+            x.detach().to("cpu").float().numpy()
+            if dtype == np.float32
+            else x.detach().cpu().numpy()
+        )
     return np.asarray(x, dtype=dtype)
 
 
@@ -357,8 +372,14 @@ class LogitsStore:
             for p in self.parts
         ]
         schema = {
-            "run": pl.Utf8, "checkpoint": pl.Utf8, "epoch": pl.Int32, "step": pl.Int64,
-            "batch_size": pl.Int32, "split": pl.Utf8, "n": pl.Int64, "file": pl.Utf8,
+            "run": pl.Utf8,
+            "checkpoint": pl.Utf8,
+            "epoch": pl.Int32,
+            "step": pl.Int64,
+            "batch_size": pl.Int32,
+            "split": pl.Utf8,
+            "n": pl.Int64,
+            "file": pl.Utf8,
         }
         return pl.DataFrame(rows, schema=schema)
 
@@ -367,16 +388,15 @@ class LogitsStore:
         seen: dict[tuple[str, str], Part] = {}
         for p in self.parts:
             seen.setdefault(p.key, p)
-        return sorted(
-            seen, key=lambda k: (k[0], _num(seen[k].epoch), _num(seen[k].step), k[1])
-        )
+        return sorted(seen, key=lambda k: (k[0], _num(seen[k].epoch), _num(seen[k].step), k[1]))
 
     def splits(self) -> list[str]:
         return sorted({p.split for p in self.parts})
 
     def find(self, run: str, checkpoint: str, split: str | None = None) -> list[Part]:
         found = [
-            p for p in self.parts
+            p
+            for p in self.parts
             if p.run == run and p.checkpoint == checkpoint and (split is None or p.split == split)
         ]
         if not found:
@@ -398,7 +418,9 @@ class LogitsStore:
         k = self.num_classes
         for part in self.find(run, checkpoint, split):
             pf = pq.ParquetFile(part.file)
-            cols = ["example_id", "label", "logits"] + (["run", "checkpoint", "split"] if part.mixed else [])
+            cols = ["example_id", "label", "logits"] + (
+                ["run", "checkpoint", "split"] if part.mixed else []
+            )
             md = pf.metadata
             for g in part.row_groups:
                 # Whole row groups decode fastest (columns in parallel); kdlens writes them
@@ -443,7 +465,9 @@ def _to_batch(rb: pa.RecordBatch, k: int, path: Path) -> Batch:
     # flatten() honours slice offsets; the reshape is then a zero-copy view.
     values = col.flatten().to_numpy(zero_copy_only=False)
     logits = values.reshape(-1, k)
-    labels = rb.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    labels = (
+        rb.column("label").fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    )
     ids = rb.column("example_id").to_numpy(zero_copy_only=False)
     return Batch(logits, labels, ids)
 
@@ -452,7 +476,9 @@ def _filter_part(rb: pa.RecordBatch, part: Part) -> pa.RecordBatch:
     import pyarrow.compute as pc
 
     mask = pc.and_(
-        pc.and_(pc.equal(rb.column("run"), part.run), pc.equal(rb.column("checkpoint"), part.checkpoint)),
+        pc.and_(
+            pc.equal(rb.column("run"), part.run), pc.equal(rb.column("checkpoint"), part.checkpoint)
+        ),
         pc.equal(rb.column("split"), part.split),
     )
     return rb.filter(mask)
@@ -515,15 +541,20 @@ def _scan_file(path: Path) -> _FileInfo:
     if not (pa.types.is_fixed_size_list(lt) and pa.types.is_float32(lt.value_type)):
         raise StoreError(f"{path}: column 'logits' must be fixed_size_list<float32>, got {lt}")
     for name, ok in (
-        ("run", pa.types.is_string), ("checkpoint", pa.types.is_string), ("split", pa.types.is_string),
-        ("example_id", pa.types.is_int64), ("label", pa.types.is_integer),
+        ("run", pa.types.is_string),
+        ("checkpoint", pa.types.is_string),
+        ("split", pa.types.is_string),
+        ("example_id", pa.types.is_int64),
+        ("label", pa.types.is_integer),
     ):
         t = schema.field(name).type
         if not (ok(t) or (pa.types.is_dictionary(t) and ok(t.value_type))):
             raise StoreError(f"{path}: column {name!r} has type {t}, which is not allowed here")
     for name in OPTIONAL_COLUMNS:
         if name in schema.names and not pa.types.is_integer(schema.field(name).type):
-            raise StoreError(f"{path}: column {name!r} must be an integer, got {schema.field(name).type}")
+            raise StoreError(
+                f"{path}: column {name!r} must be an integer, got {schema.field(name).type}"
+            )
     k = lt.list_size
     raw = (schema.metadata or {}).get(METADATA_KEY)
     meta: dict[str, Any] = {}
@@ -543,7 +574,11 @@ def _scan_file(path: Path) -> _FileInfo:
 def _index_parts(pf: pq.ParquetFile, path: Path) -> list[Part]:
     """Map row groups to parts from their min/max statistics; scan only when mixed."""
     names = pf.schema_arrow.names
-    cols = {n: names.index(n) for n in ("run", "checkpoint", "split", "epoch", "step", "batch_size") if n in names}
+    cols = {
+        n: names.index(n)
+        for n in ("run", "checkpoint", "split", "epoch", "step", "batch_size")
+        if n in names
+    }
     acc: dict[tuple[str, str, str], dict[str, Any]] = {}
     md = pf.metadata
     for g in range(md.num_row_groups):
@@ -562,7 +597,9 @@ def _index_parts(pf: pq.ParquetFile, path: Path) -> list[Part]:
         for n in ("epoch", "step", "batch_size"):
             if n in cols:
                 st = rg.column(cols[n]).statistics
-                extra[n] = int(st.min) if st is not None and st.has_min_max and st.min == st.max else None
+                extra[n] = (
+                    int(st.min) if st is not None and st.has_min_max and st.min == st.max else None
+                )
             else:
                 extra[n] = None
         if exact:
@@ -572,20 +609,44 @@ def _index_parts(pf: pq.ParquetFile, path: Path) -> list[Part]:
         t = pf.read_row_group(g, columns=[n for n in cols])
         df = pl.from_arrow(t)
         assert isinstance(df, pl.DataFrame)
-        for grp in df.group_by(["run", "checkpoint", "split"]).agg(
-            pl.len().alias("n"), *[pl.col(c).first() for c in ("epoch", "step", "batch_size") if c in cols]
-        ).iter_rows(named=True):
+        for grp in (
+            df.group_by(["run", "checkpoint", "split"])
+            .agg(
+                pl.len().alias("n"),
+                *[pl.col(c).first() for c in ("epoch", "step", "batch_size") if c in cols],
+            )
+            .iter_rows(named=True)
+        ):
             ex = {c: grp.get(c) for c in ("epoch", "step", "batch_size")}
-            _add(acc, (grp["run"], grp["checkpoint"], grp["split"]), g, int(grp["n"]), ex, mixed=True)
+            _add(
+                acc, (grp["run"], grp["checkpoint"], grp["split"]), g, int(grp["n"]), ex, mixed=True
+            )
     return [
-        Part(k[0], k[1], k[2], v["epoch"], v["step"], v["batch_size"], v["n"], path,
-             tuple(v["groups"]), v["mixed"])
+        Part(
+            k[0],
+            k[1],
+            k[2],
+            v["epoch"],
+            v["step"],
+            v["batch_size"],
+            v["n"],
+            path,
+            tuple(v["groups"]),
+            v["mixed"],
+        )
         for k, v in acc.items()
     ]
 
 
-def _add(acc: dict[Any, dict[str, Any]], key: tuple[str, str, str], g: int, n: int,
-         extra: dict[str, Any], *, mixed: bool) -> None:
+def _add(
+    acc: dict[Any, dict[str, Any]],
+    key: tuple[str, str, str],
+    g: int,
+    n: int,
+    extra: dict[str, Any],
+    *,
+    mixed: bool,
+) -> None:
     e = acc.setdefault(key, {"n": 0, "groups": [], "mixed": False, **extra})
     e["n"] += n
     if g not in e["groups"]:

@@ -94,7 +94,9 @@ def validate(
             report.unreadable.append(f"{source}: no files")
         return report
     report.files = len(infos)
-    report.format_versions = sorted({str(i.metadata.get("format_version", "missing")) for i in infos})
+    report.format_versions = sorted(
+        {str(i.metadata.get("format_version", "missing")) for i in infos}
+    )
     for v in report.format_versions:
         if v != FORMAT_VERSION:
             report.problems.append(f"format version {v!r} (this kdlens reads {FORMAT_VERSION!r})")
@@ -129,7 +131,9 @@ def validate(
         try:
             _scan_part(store, part, pr, ids_seen, k, batch_rows)
         except Exception as exc:  # corrupt pages surface only when read
-            report.unreadable.append(f"{part.file}: data unreadable ({str(exc).splitlines()[0][:200]})")
+            report.unreadable.append(
+                f"{part.file}: data unreadable ({str(exc).splitlines()[0][:200]})"
+            )
             continue
         ids = np.sort(np.concatenate(ids_seen)) if ids_seen else np.empty(0, np.int64)
         pr.duplicate_ids = int(ids.size - np.unique(ids).size)
@@ -138,7 +142,8 @@ def validate(
         where = f"{part.run}/{part.checkpoint}/{part.split}"
         if pr.nan or pr.inf:
             report.problems.append(
-                f"{where}: {pr.nan} NaN and {pr.inf} Inf logits (first at example_id {pr.first_nonfinite_id})"
+                f"{where}: {pr.nan} NaN and {pr.inf} Inf logits "
+                f"(first at example_id {pr.first_nonfinite_id})"
             )
         if pr.labels_out_of_range:
             report.problems.append(f"{where}: {pr.labels_out_of_range} labels outside [0, {k})")
@@ -154,7 +159,11 @@ def validate(
 
 
 def _scan_part(
-    store: LogitsStore, part: Any, pr: PartReport, ids_seen: list[np.ndarray], k: int,
+    store: LogitsStore,
+    part: Any,
+    pr: PartReport,
+    ids_seen: list[np.ndarray],
+    k: int,
     batch_rows: int | None,
 ) -> None:
     for b in store.iter_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows):

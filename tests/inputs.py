@@ -59,7 +59,12 @@ def noisy_label_smoothing_teacher(
 
 
 def superclass_teacher(
-    n_per_class: int = 40, n_super: int = 4, per_super: int = 3, *, seed: int = 0, noise: float = 0.3
+    n_per_class: int = 40,
+    n_super: int = 4,
+    per_super: int = 3,
+    *,
+    seed: int = 0,
+    noise: float = 0.3,
 ):
     """Non-target mass only inside the true superclass.
 

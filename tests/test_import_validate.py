@@ -1,4 +1,4 @@
-"""`kdlens import` and `kdlens validate`: formats, bad inputs, exit codes, no half-written output."""
+"""`kdlens import` and `kdlens validate`: formats, bad input, exit codes, no partial output."""
 
 from __future__ import annotations
 
@@ -50,8 +50,13 @@ def test_import_probs_become_log_probs_with_stated_floor(tmp_path: Path) -> None
     p[0] = [1.0, 0.0, 0.0, 0.0]
     np.save(tmp_path / "p.npy", p)
     np.save(tmp_path / "y.npy", y)
-    import_files([tmp_path / "p.npy"], tmp_path / "s", kind="probs", labels=str(tmp_path / "y.npy"),
-                 prob_floor=1e-9)
+    import_files(
+        [tmp_path / "p.npy"],
+        tmp_path / "s",
+        kind="probs",
+        labels=str(tmp_path / "y.npy"),
+        prob_floor=1e-9,
+    )
     store = open_store(tmp_path / "s")
     got = store.load("imported", "p", "test")
     assert np.isfinite(got.logits).all()
@@ -63,7 +68,9 @@ def test_import_probs_become_log_probs_with_stated_floor(tmp_path: Path) -> None
 def test_import_log_probs_and_csv(tmp_path: Path) -> None:
     z, y = _logits()
     logp = z - np.log(np.exp(z.astype(np.float64)).sum(1, keepdims=True))
-    lines = ["a,b,c,d,label"] + [",".join(map(str, r)) + f",{lab}" for r, lab in zip(logp, y, strict=True)]
+    lines = ["a,b,c,d,label"] + [
+        ",".join(map(str, r)) + f",{lab}" for r, lab in zip(logp, y, strict=True)
+    ]
     (tmp_path / "lp.csv").write_text("\n".join(lines))
     import_files([tmp_path / "lp.csv"], tmp_path / "s", kind="log-probs", labels="label")
     b = open_store(tmp_path / "s").load("imported", "lp", "test")
@@ -76,7 +83,9 @@ def test_import_pt_tensors(tmp_path: Path) -> None:
     z, y = _logits()
     torch.save({"logits": torch.from_numpy(z), "labels": torch.from_numpy(y)}, tmp_path / "m.pt")
     import_files([tmp_path / "m.pt"], tmp_path / "s", kind="logits")
-    np.testing.assert_array_equal(open_store(tmp_path / "s").load("imported", "m", "test").labels, y)
+    np.testing.assert_array_equal(
+        open_store(tmp_path / "s").load("imported", "m", "test").labels, y
+    )
 
 
 class Evil:
@@ -129,7 +138,9 @@ def test_probabilities_that_do_not_sum_to_one(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"z.npy: probabilities must lie in \[0, 1\]"):
         import_files([tmp_path / "z.npy"], tmp_path / "s", kind="probs")
     np.save(tmp_path / "p.npy", np.full((3, 4), 0.2))
-    with pytest.raises(InputError, match=r"3 rows do not sum to 1 within 0.001 \(row 0 sums to 0.8"):
+    with pytest.raises(
+        InputError, match=r"3 rows do not sum to 1 within 0.001 \(row 0 sums to 0.8"
+    ):
         import_files([tmp_path / "p.npy"], tmp_path / "s", kind="probs")
 
 
@@ -137,9 +148,13 @@ def test_failed_import_leaves_no_output(tmp_path: Path) -> None:
     z, y = _logits()
     np.savez(tmp_path / "a.npz", logits=z, labels=y)
     np.savez(tmp_path / "b.npz", logits=z[:, :3], labels=y % 3)
-    np.savez(tmp_path / "c.npz", logits=z, labels=y + 10)  # fails after a.npz and b.npz were written
+    np.savez(
+        tmp_path / "c.npz", logits=z, labels=y + 10
+    )  # fails after a.npz and b.npz were written
     with pytest.raises(InputError, match="c.npz: label"):
-        import_files([tmp_path / n for n in ("a.npz", "b.npz", "c.npz")], tmp_path / "s", kind="logits")
+        import_files(
+            [tmp_path / n for n in ("a.npz", "b.npz", "c.npz")], tmp_path / "s", kind="logits"
+        )
     assert not (tmp_path / "s").exists()
 
 
@@ -157,7 +172,9 @@ def test_class_names_must_match_k(tmp_path: Path) -> None:
     np.savez(tmp_path / "a.npz", logits=z, labels=y)
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     with pytest.raises(InputError, match="3 class names but K=4"):
-        import_files([tmp_path / "a.npz"], tmp_path / "s", kind="logits", classes=tmp_path / "names.txt")
+        import_files(
+            [tmp_path / "a.npz"], tmp_path / "s", kind="logits", classes=tmp_path / "names.txt"
+        )
 
 
 # ------------------------------------------------------------------ validate
@@ -167,9 +184,13 @@ def _write_raw(path: Path, z: np.ndarray, ids, labels, *, checkpoint: str = "c")
     n, k = z.shape
     table = pa.Table.from_pydict(
         {
-            "run": ["r"] * n, "checkpoint": [checkpoint] * n, "epoch": pa.nulls(n, pa.int32()),
-            "step": pa.nulls(n, pa.int64()), "batch_size": pa.nulls(n, pa.int32()),
-            "split": ["test"] * n, "example_id": pa.array(ids, pa.int64()),
+            "run": ["r"] * n,
+            "checkpoint": [checkpoint] * n,
+            "epoch": pa.nulls(n, pa.int32()),
+            "step": pa.nulls(n, pa.int64()),
+            "batch_size": pa.nulls(n, pa.int32()),
+            "split": ["test"] * n,
+            "example_id": pa.array(ids, pa.int64()),
             "label": pa.array(labels, pa.int32()),
             "logits": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), pa.float32()), k),
         },
@@ -192,8 +213,13 @@ def test_validate_reports_every_problem(tmp_path: Path) -> None:
     z[1, 2] = np.nan
     z[3, 0] = np.inf
     _write_raw(tmp_path / "a.parquet", z, [0, 1, 1, 7], [0, 1, 5, 2], checkpoint="a")
-    _write_raw(tmp_path / "b.parquet", np.zeros((4, 3), np.float32), [0, 1, 2, 3], [0, 1, 2, 0],
-               checkpoint="b")
+    _write_raw(
+        tmp_path / "b.parquet",
+        np.zeros((4, 3), np.float32),
+        [0, 1, 2, 3],
+        [0, 1, 2, 0],
+        checkpoint="b",
+    )
     rep = validate(tmp_path)
     text = "\n".join(rep.problems)
     assert rep.exit_code == 1
@@ -204,8 +230,14 @@ def test_validate_reports_every_problem(tmp_path: Path) -> None:
 
 
 def test_validate_inconsistent_k_and_class_names(tmp_path: Path) -> None:
-    write_logits(tmp_path / "a.parquet", np.zeros((2, 3)), split="t", run="r", checkpoint="a",
-                 class_names=["x", "y", "z"])
+    write_logits(
+        tmp_path / "a.parquet",
+        np.zeros((2, 3)),
+        split="t",
+        run="r",
+        checkpoint="a",
+        class_names=["x", "y", "z"],
+    )
     write_logits(tmp_path / "b.parquet", np.zeros((2, 3)), split="t", run="r", checkpoint="b")
     write_logits(tmp_path / "c.parquet", np.zeros((2, 4)), split="t", run="r", checkpoint="c")
     rep = validate(tmp_path)
@@ -235,13 +267,25 @@ def test_validate_exit_codes_through_cli(tmp_path: Path) -> None:
 def test_import_cli_one_line_error_and_exit_code(tmp_path: Path) -> None:
     z, _ = _logits()
     np.save(tmp_path / "z.npy", z)
-    res = runner.invoke(app, ["import", str(tmp_path / "z.npy"), "-o", str(tmp_path / "s"),
-                              "--kind", "probs"])
+    res = runner.invoke(
+        app, ["import", str(tmp_path / "z.npy"), "-o", str(tmp_path / "s"), "--kind", "probs"]
+    )
     assert res.exit_code == 2
     assert "z.npy" in res.output and "must lie in [0, 1]" in res.output
     assert not (tmp_path / "s").exists()
-    res = runner.invoke(app, ["import", str(tmp_path / "z.npy"), "-o", str(tmp_path / "s"),
-                              "--kind", "logits", "--checkpoint", "mine"])
+    res = runner.invoke(
+        app,
+        [
+            "import",
+            str(tmp_path / "z.npy"),
+            "-o",
+            str(tmp_path / "s"),
+            "--kind",
+            "logits",
+            "--checkpoint",
+            "mine",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert open_store(tmp_path / "s").keys() == [("imported", "mine")]
 

@@ -27,7 +27,9 @@ def test_analysis_api_imports_without_torch() -> None:
         "print(','.join(bad)); sys.exit(1 if bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, f"importing kdlens pulled in torch: {res.stdout[:200]}{res.stderr[-500:]}"
+    assert res.returncode == 0, (
+        f"importing kdlens pulled in torch: {res.stdout[:200]}{res.stderr[-500:]}"
+    )
 
 
 def test_flat_public_api() -> None:
@@ -70,7 +72,9 @@ def test_version_and_module_entry_point() -> None:
 
 def test_ci_runs_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```\s*<!-- /test-command -->", readme, re.S)
+    block = re.search(
+        r"<!-- test-command -->\s*```bash\n(.+?)\n```\s*<!-- /test-command -->", readme, re.S
+    )
     assert block, "README.md lacks the marked test command"
     assert "README.md" in (REPO / ".ci" / "run").read_text()
 
@@ -81,8 +85,9 @@ def test_data_schema_readme_example_runs(tmp_path: Path) -> None:
     assert code
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for snippet in code:
-        res = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True,
-                             text=True, env=env)
+        res = subprocess.run(
+            [sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, env=env
+        )
         assert res.returncode == 0, res.stderr[-2000:]
 
 

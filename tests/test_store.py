@@ -22,9 +22,15 @@ def _grid(tmp_path: Path, k: int = 5, n: int = 50) -> tuple[Path, dict]:
     for run in ("bs16-seed0", "bs64-seed0"):
         for ep in (1, 2, 4):
             with CheckpointWriter(
-                tmp_path / run / f"ep{ep:03d}.parquet", run=run, checkpoint=f"ep{ep:03d}",
-                num_classes=k, epoch=ep, step=ep * 10, batch_size=int(run[2:4]),
-                class_names=[f"c{i}" for i in range(k)], config={"seed": 0},
+                tmp_path / run / f"ep{ep:03d}.parquet",
+                run=run,
+                checkpoint=f"ep{ep:03d}",
+                num_classes=k,
+                epoch=ep,
+                step=ep * 10,
+                batch_size=int(run[2:4]),
+                class_names=[f"c{i}" for i in range(k)],
+                config={"seed": 0},
             ) as w:
                 for split, n_split in (("train", n), ("test", n // 2)):
                     z = rng.normal(size=(n_split, k)).astype(np.float32)
@@ -91,8 +97,14 @@ def test_unlabeled_rows_read_as_minus_one(tmp_path: Path) -> None:
 def test_torch_tensors_are_accepted(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     z = torch.randn(6, 4)
-    write_logits(tmp_path / "t.parquet", z, split="test", run="r", checkpoint="c",
-                 labels=torch.tensor([0, 1, 2, 3, 0, 1]))
+    write_logits(
+        tmp_path / "t.parquet",
+        z,
+        split="test",
+        run="r",
+        checkpoint="c",
+        labels=torch.tensor([0, 1, 2, 3, 0, 1]),
+    )
     np.testing.assert_allclose(open_store(tmp_path).load("r", "c", "test").logits, z.numpy())
 
 
@@ -103,9 +115,12 @@ def test_mixed_row_groups_from_other_tools_are_split(tmp_path: Path) -> None:
     z = np.arange(rows * k, dtype=np.float32).reshape(rows, k)
     table = pa.Table.from_pydict(
         {
-            "run": ["r"] * rows, "checkpoint": ["a"] * 4 + ["b"] * 4,
-            "epoch": pa.array([1] * 4 + [2] * 4, pa.int32()), "step": pa.nulls(rows, pa.int64()),
-            "batch_size": pa.nulls(rows, pa.int32()), "split": ["test"] * rows,
+            "run": ["r"] * rows,
+            "checkpoint": ["a"] * 4 + ["b"] * 4,
+            "epoch": pa.array([1] * 4 + [2] * 4, pa.int32()),
+            "step": pa.nulls(rows, pa.int64()),
+            "batch_size": pa.nulls(rows, pa.int32()),
+            "split": ["test"] * rows,
             "example_id": pa.array(list(range(4)) * 2, pa.int64()),
             "label": pa.array([0, 1, 2, 0] * 2, pa.int32()),
             "logits": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel()), k),
@@ -129,7 +144,9 @@ def test_writer_is_atomic_on_error(tmp_path: Path) -> None:
 
 
 def test_writer_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None:
-    path = write_logits(tmp_path / "x.parquet", np.zeros((2, 3)), split="t", run="r", checkpoint="c")
+    path = write_logits(
+        tmp_path / "x.parquet", np.zeros((2, 3)), split="t", run="r", checkpoint="c"
+    )
     with pytest.raises(InputError, match="already exists"):
         write_logits(path, np.zeros((2, 3)), split="t", run="r", checkpoint="c")
     write_logits(path, np.ones((2, 3)), split="t", run="r", checkpoint="c", overwrite=True)
@@ -147,8 +164,9 @@ def test_writer_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None
 )
 def test_writer_rejects_bad_arrays(tmp_path: Path, kwargs: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
-        write_logits(tmp_path / "x.parquet", np.zeros((2, 3)), split="t", run="r", checkpoint="c",
-                     **kwargs)
+        write_logits(
+            tmp_path / "x.parquet", np.zeros((2, 3)), split="t", run="r", checkpoint="c", **kwargs
+        )
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -157,7 +175,9 @@ def test_not_parquet_and_truncated_files(tmp_path: Path) -> None:
     bad.write_text("hello")
     with pytest.raises(StoreError, match=r"bad.parquet: not a readable Parquet file"):
         open_store(bad)
-    good = write_logits(tmp_path / "g.parquet", np.zeros((5, 3)), split="t", run="r", checkpoint="c")
+    good = write_logits(
+        tmp_path / "g.parquet", np.zeros((5, 3)), split="t", run="r", checkpoint="c"
+    )
     data = good.read_bytes()
     trunc = tmp_path / "trunc.parquet"
     trunc.write_bytes(data[: len(data) // 2])
@@ -169,11 +189,16 @@ def test_missing_column_and_wrong_dtype(tmp_path: Path) -> None:
     pq.write_table(pa.table({"run": ["r"], "checkpoint": ["c"]}), tmp_path / "m.parquet")
     with pytest.raises(StoreError, match="m.parquet: missing column 'split'"):
         open_store(tmp_path / "m.parquet")
-    t = pa.table({
-        "run": ["r"], "checkpoint": ["c"], "split": ["t"], "example_id": pa.array([0], pa.int64()),
-        "label": pa.array([0], pa.int32()),
-        "logits": pa.array([[1.0, 2.0]], pa.list_(pa.float64())),
-    })
+    t = pa.table(
+        {
+            "run": ["r"],
+            "checkpoint": ["c"],
+            "split": ["t"],
+            "example_id": pa.array([0], pa.int64()),
+            "label": pa.array([0], pa.int32()),
+            "logits": pa.array([[1.0, 2.0]], pa.list_(pa.float64())),
+        }
+    )
     pq.write_table(t, tmp_path / "d.parquet")
     with pytest.raises(StoreError, match="column 'logits' must be fixed_size_list<float32>"):
         open_store(tmp_path / "d.parquet")

@@ -51,27 +51,41 @@ def _render(r: ValidationReport) -> None:
     head.add_row("format version", ", ".join(r.format_versions) or "-")
     head.add_row("classes (K)", str(r.num_classes))
     names = r.class_names
-    head.add_row("class names", (", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) if names else "-")
-    head.add_row("runs", f"{len(r.runs)}: " + ", ".join(r.runs[:6]) + (" ..." if len(r.runs) > 6 else ""))
+    head.add_row(
+        "class names", (", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) if names else "-"
+    )
+    head.add_row(
+        "runs", f"{len(r.runs)}: " + ", ".join(r.runs[:6]) + (" ..." if len(r.runs) > 6 else "")
+    )
     head.add_row("checkpoints", str(r.checkpoints))
     head.add_row("rows per split", ", ".join(f"{s}={n:,}" for s, n in sorted(r.splits.items())))
     console.print(head)
     if r.parts:
         t = Table(title="parts", show_lines=False)
         for col in ("run", "checkpoint", "split", "rows", "labels", "NaN", "Inf", "dup ids"):
-            t.add_column(col, justify="right" if col not in ("run", "checkpoint", "split") else "left")
+            t.add_column(
+                col, justify="right" if col not in ("run", "checkpoint", "split") else "left"
+            )
         shown = r.parts if len(r.parts) <= 40 else r.parts[:40]
         for p in shown:
             lab = "-" if p.label_min is None else f"{p.label_min}..{p.label_max}"
-            t.add_row(p.run, p.checkpoint, p.split, f"{p.rows:,}", lab, str(p.nan), str(p.inf),
-                      str(p.duplicate_ids))
+            t.add_row(
+                p.run,
+                p.checkpoint,
+                p.split,
+                f"{p.rows:,}",
+                lab,
+                str(p.nan),
+                str(p.inf),
+                str(p.duplicate_ids),
+            )
         if len(r.parts) > 40:
             t.caption = f"... {len(r.parts) - 40} more parts (use --json for all)"
         console.print(t)
     for u in r.unreadable:
         console.print(f"[bold red]unreadable:[/] {u}", highlight=False, soft_wrap=True)
-    for p in r.problems:
-        console.print(f"[bold yellow]problem:[/] {p}", highlight=False, soft_wrap=True)
+    for msg in r.problems:
+        console.print(f"[bold yellow]problem:[/] {msg}", highlight=False, soft_wrap=True)
     if r.ok:
         console.print("[bold green]valid[/]")
 
@@ -106,9 +120,20 @@ def import_cmd(
 ) -> None:
     """Import logits, probabilities or log-probabilities as checkpoints of one store."""
     done = import_files(
-        files, out, kind=kind, labels=labels, split=split, run=run, checkpoints=checkpoint or None,
-        classes=classes, key=key, prob_floor=prob_floor, prob_tol=prob_tol, dataset=dataset,
-        model=model, overwrite=overwrite,  # type: ignore[arg-type]
+        files,
+        out,
+        kind=kind,  # type: ignore[arg-type]  # import_files validates it
+        labels=labels,
+        split=split,
+        run=run,
+        checkpoints=checkpoint or None,
+        classes=classes,
+        key=key,
+        prob_floor=prob_floor,
+        prob_tol=prob_tol,
+        dataset=dataset,
+        model=model,
+        overwrite=overwrite,  # type: ignore[arg-type]
     )
     for item in done:
         console.print(f"{item.source} -> {item.path} ({item.rows:,} rows)", highlight=False)

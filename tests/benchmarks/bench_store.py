@@ -32,9 +32,16 @@ def _write_kdlens(path: Path, z: np.ndarray, ids: np.ndarray, y: np.ndarray) -> 
 
     t = time.perf_counter()
     step = default_batch_rows(z.shape[1])
-    with CheckpointWriter(path, run="bench", checkpoint="c", num_classes=z.shape[1], overwrite=True) as w:
+    with CheckpointWriter(
+        path, run="bench", checkpoint="c", num_classes=z.shape[1], overwrite=True
+    ) as w:
         for s in range(0, z.shape[0], step):
-            w.write(z[s : s + step], split="train", example_ids=ids[s : s + step], labels=y[s : s + step])
+            w.write(
+                z[s : s + step],
+                split="train",
+                example_ids=ids[s : s + step],
+                labels=y[s : s + step],
+            )
     return time.perf_counter() - t
 
 
@@ -45,9 +52,14 @@ def _write_pyarrow(path: Path, z: np.ndarray, ids: np.ndarray, y: np.ndarray) ->
     n, k = z.shape
     table = pa.Table.from_arrays(
         [
-            pa.repeat(pa.scalar("bench"), n), pa.repeat(pa.scalar("c"), n),
-            pa.nulls(n, pa.int32()), pa.nulls(n, pa.int64()), pa.nulls(n, pa.int32()),
-            pa.repeat(pa.scalar("train"), n), pa.array(ids), pa.array(y),
+            pa.repeat(pa.scalar("bench"), n),
+            pa.repeat(pa.scalar("c"), n),
+            pa.nulls(n, pa.int32()),
+            pa.nulls(n, pa.int64()),
+            pa.nulls(n, pa.int32()),
+            pa.repeat(pa.scalar("train"), n),
+            pa.array(ids),
+            pa.array(y),
             pa.FixedSizeListArray.from_arrays(pa.array(z.reshape(-1)), k),
         ],
         schema=arrow_schema(k),
@@ -73,8 +85,9 @@ def _reader_child(mode: str, path: str) -> None:
         z = col.flatten().to_numpy().reshape(-1, col.type.list_size)
         total = float(z[:, 0].sum())
     dt = time.perf_counter() - t
-    print(json.dumps({"seconds": dt, "peak_rss_mb": _hwm_mb(), "base_rss_mb": base,
-                      "check": total}))
+    print(
+        json.dumps({"seconds": dt, "peak_rss_mb": _hwm_mb(), "base_rss_mb": base, "check": total})
+    )
 
 
 def _hwm_mb() -> float:
@@ -86,13 +99,19 @@ def _hwm_mb() -> float:
 
 
 def _read(mode: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(path)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=2, help="best of this many runs each")
@@ -115,14 +134,21 @@ def main() -> None:
         del z
         rk = min((_read("kdlens", pk) for _ in range(args.repeats)), key=lambda r: r["seconds"])
         rp = min((_read("pyarrow", pp) for _ in range(args.repeats)), key=lambda r: r["seconds"])
-    print(f"logits: {args.n:,} x {args.k} float32 = {mb:,.0f} MB; best of {args.repeats}; "
-          f"{os.cpu_count()} cores")
+    print(
+        f"logits: {args.n:,} x {args.k} float32 = {mb:,.0f} MB; best of {args.repeats}; "
+        f"{os.cpu_count()} cores"
+    )
     print(f"{'':10s}{'kdlens MB/s':>14s}{'pyarrow MB/s':>14s}{'ratio':>8s}")
     print(f"{'write':10s}{mb / wk:14.0f}{mb / wp:14.0f}{wp / wk:8.2f}")
-    print(f"{'read':10s}{mb / rk['seconds']:14.0f}{mb / rp['seconds']:14.0f}{rp['seconds'] / rk['seconds']:8.2f}")
-    print(f"peak RSS while reading: kdlens {rk['peak_rss_mb']:.0f} MB (iterating batches), "
-          f"pyarrow {rp['peak_rss_mb']:.0f} MB (whole table); interpreter+imports "
-          f"{rk['base_rss_mb']:.0f} MB")
+    print(
+        f"{'read':10s}{mb / rk['seconds']:14.0f}{mb / rp['seconds']:14.0f}"
+        f"{rp['seconds'] / rk['seconds']:8.2f}"
+    )
+    print(
+        f"peak RSS while reading: kdlens {rk['peak_rss_mb']:.0f} MB (iterating batches), "
+        f"pyarrow {rp['peak_rss_mb']:.0f} MB (whole table); interpreter+imports "
+        f"{rk['base_rss_mb']:.0f} MB"
+    )
 
 
 if __name__ == "__main__":
