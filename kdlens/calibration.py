@@ -1,5 +1,265 @@
-"""Placeholder: filled in by its issue."""
+"""Calibration of a teacher's predictions: NLL, ECE, reliability table, temperature fit.
+
+Calibration is about the teacher's own predictive distribution, so NLL, ECE and the
+reliability table are at T = 1 unless a ``temperature`` is passed. ECE uses
+``n_bins`` equal-width confidence bins on [0, 1] (confidence = max probability; a
+confidence of exactly 1 falls in the last bin); the bin count is part of every
+result because ECE values with different bin counts are not comparable.
+
+The streaming versions (:class:`CalibrationAccumulator`,
+:class:`TemperatureFitAccumulator`) accumulate float64 histograms / a bounded
+hash-chosen sample and merge in any order.
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy.optimize import minimize_scalar
+
+from kdlens.errors import InputError
+from kdlens.softlabels import _check, _check_temperature, _Core, _margin_from, _Target
+
+__all__ = [
+    "DEFAULT_N_BINS",
+    "CalibrationAccumulator",
+    "CalibrationResult",
+    "TemperatureFitAccumulator",
+    "expected_calibration_error",
+    "fit_temperature",
+    "nll_loss",
+    "reliability_table",
+]
+
+DEFAULT_N_BINS = 15
+#: Search interval of :func:`fit_temperature` (the optimisation runs on log T).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def _check_bins(n_bins: int) -> int:
+    b = int(n_bins)
+    if b < 1 or b != n_bins:
+        raise InputError(f"n_bins must be a positive integer, got {n_bins}")
+    return b
+
+
+def _confidence_correct_nll(
+    z: np.ndarray, y: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    core = _Core(z, temperature)
+    tg = _Target(core, y)
+    confidence = np.exp(-core.log_s)
+    correct = _margin_from(core, y, tg) > 0
+    return confidence, correct, core.log_s - tg.x_y
+
+
+@dataclass
+class CalibrationResult:
+    """Finalised calibration of one set of examples."""
+
+    n: int
+    nll: float
+    ece: float
+    n_bins: int
+    temperature: float
+    table: pl.DataFrame  # bin, lower, upper, count, confidence, accuracy
+
+
+class CalibrationAccumulator:
+    """Streaming NLL, ECE and reliability histogram (float64 sums per bin).
+
+    ``update_arrays`` takes per-example confidence, correctness and NLL (as
+    :func:`kdlens.softlabels.per_example` gives them); ``update`` takes logits.
+    """
+
+    def __init__(self, *, n_bins: int = DEFAULT_N_BINS, temperature: float = 1.0) -> None:
+        self.n_bins = _check_bins(n_bins)
+        self.temperature = _check_temperature(temperature)
+        self.count = np.zeros(self.n_bins, np.int64)
+        self.sum_confidence = np.zeros(self.n_bins)
+        self.sum_correct = np.zeros(self.n_bins, np.int64)
+        self.sum_nll = 0.0
+        self.n = 0
+
+    def update(self, logits: Any, labels: Any) -> CalibrationAccumulator:
+        z, y, t = _check(logits, labels, self.temperature)
+        return self.update_arrays(*_confidence_correct_nll(z, y, t))
+
+    def update_arrays(
+        self, confidence: np.ndarray, correct: np.ndarray, nll: np.ndarray
+    ) -> CalibrationAccumulator:
+        b = np.minimum((confidence * self.n_bins).astype(np.int64), self.n_bins - 1)
+        self.count += np.bincount(b, minlength=self.n_bins)
+        self.sum_confidence += np.bincount(b, weights=confidence, minlength=self.n_bins)
+        self.sum_correct += np.bincount(b, weights=correct, minlength=self.n_bins).astype(np.int64)
+        self.sum_nll += float(np.sum(nll))
+        self.n += int(confidence.shape[0])
+        return self
+
+    def merge(self, other: CalibrationAccumulator) -> CalibrationAccumulator:
+        if other.n_bins != self.n_bins or other.temperature != self.temperature:
+            raise InputError(
+                f"cannot merge calibration accumulators with n_bins/temperature "
+                f"{self.n_bins}/{self.temperature} and {other.n_bins}/{other.temperature}"
+            )
+        self.count += other.count
+        self.sum_confidence += other.sum_confidence
+        self.sum_correct += other.sum_correct
+        self.sum_nll += other.sum_nll
+        self.n += other.n
+        return self
+
+    def finalize(self) -> CalibrationResult:
+        n = self.n
+        edges = np.linspace(0.0, 1.0, self.n_bins + 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            conf = self.sum_confidence / self.count
+            acc = self.sum_correct / self.count
+        gap = np.where(self.count > 0, np.abs(acc - conf), 0.0)
+        ece = float(np.sum(self.count * gap) / n) if n else float("nan")
+        table = pl.DataFrame(
+            {
+                "bin": np.arange(self.n_bins),
+                "lower": edges[:-1],
+                "upper": edges[1:],
+                "count": self.count,
+                "confidence": conf,
+                "accuracy": acc,
+            }
+        ).with_columns(pl.col("confidence", "accuracy").fill_nan(None))
+        return CalibrationResult(
+            n=n,
+            nll=self.sum_nll / n if n else float("nan"),
+            ece=ece,
+            n_bins=self.n_bins,
+            temperature=self.temperature,
+            table=table,
+        )
+
+
+def nll_loss(logits: Any, labels: Any, *, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood ``-log p_y`` (nats; lower is better)."""
+    z, y, t = _check(logits, labels, temperature)
+    return float(np.mean(_confidence_correct_nll(z, y, t)[2]))
+
+
+def expected_calibration_error(
+    logits: Any, labels: Any, *, n_bins: int = DEFAULT_N_BINS, temperature: float = 1.0
+) -> float:
+    """ECE with ``n_bins`` equal-width confidence bins (lower is better)."""
+    acc = CalibrationAccumulator(n_bins=n_bins, temperature=temperature)
+    return acc.update(logits, labels).finalize().ece
+
+
+def reliability_table(
+    logits: Any, labels: Any, *, n_bins: int = DEFAULT_N_BINS, temperature: float = 1.0
+) -> pl.DataFrame:
+    """Per confidence bin: lower, upper, count, mean confidence, accuracy (null when empty)."""
+    acc = CalibrationAccumulator(n_bins=n_bins, temperature=temperature)
+    return acc.update(logits, labels).finalize().table
+
+
+def _compute_fit_temperature(z: np.ndarray, y: np.ndarray, bounds: tuple[float, float]) -> float:
+    z64 = z.astype(np.float64)
+    # NLL(T) = LSE(z / T) - z_y / T; with d = z - max(z) <= 0 the shift is exact for every T.
+    m = z64.max(axis=1)
+    d = z64 - m[:, None]
+    dy = d[np.arange(d.shape[0]), y]
+    buf = np.empty_like(d)
+
+    def mean_nll(log_t: float) -> float:
+        inv_t = float(np.exp(-log_t))
+        np.multiply(d, inv_t, out=buf)
+        np.exp(buf, out=buf)
+        return float(np.mean(np.log(buf.sum(axis=1)) - dy * inv_t))
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = minimize_scalar(mean_nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def fit_temperature(
+    logits: Any, labels: Any, *, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> float:
+    """The temperature T minimising the mean NLL of ``softmax(logits / T)`` on held-out data.
+
+    Bounded scalar search on ``log T`` within ``bounds``; a result at a bound
+    means the optimum lies outside (e.g. a perfectly separable set drives T to 0).
+    """
+    z, y, _ = _check(logits, labels, 1.0)
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not 0 < lo < hi:
+        raise InputError(f"bounds must satisfy 0 < low < high, got {bounds}")
+    if z.shape[0] == 0:
+        raise InputError("fit_temperature needs at least one labelled example")
+    return _compute_fit_temperature(z, y, (lo, hi))
+
+
+def _hash_ids(ids: np.ndarray) -> np.ndarray:
+    """splitmix64 of the example ids: a fixed pseudo-random priority per example."""
+    x = ids.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x += np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+class TemperatureFitAccumulator:
+    """Keeps a bounded sample of labelled examples to fit a temperature on.
+
+    The sample is the ``max_rows`` examples with the smallest hash of their
+    example id, so it is the same whatever the order or chunking of the updates
+    and merges (and is every example when the split is small). The default bound
+    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits).
+    """
+
+    def __init__(self, num_classes: int, *, max_rows: int | None = None) -> None:
+        self.num_classes = int(num_classes)
+        self.max_rows = int(max_rows) if max_rows else max(2000, 2_000_000 // self.num_classes)
+        self._prio = np.empty(0, np.uint64)
+        self._ids = np.empty(0, np.int64)
+        self._z = np.empty((0, self.num_classes), np.float32)
+        self._y = np.empty(0, np.int64)
+
+    @property
+    def n(self) -> int:
+        return int(self._ids.shape[0])
+
+    def update(
+        self, logits: np.ndarray, labels: np.ndarray, example_ids: np.ndarray
+    ) -> TemperatureFitAccumulator:
+        keep = labels >= 0
+        ids = example_ids[keep]
+        prio = _hash_ids(ids)
+        if self.n >= self.max_rows:
+            # Only rows that can enter the sample are copied.
+            sel = prio <= self._prio.max()
+            if not sel.any():
+                return self
+            keep = np.flatnonzero(keep)[sel]
+            ids, prio = ids[sel], prio[sel]
+        self._add(prio, ids, logits[keep].astype(np.float32, copy=False), labels[keep])
+        return self
+
+    def merge(self, other: TemperatureFitAccumulator) -> TemperatureFitAccumulator:
+        self._add(other._prio, other._ids, other._z, other._y)
+        return self
+
+    def _add(self, prio: np.ndarray, ids: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
+        prio = np.concatenate([self._prio, prio])
+        ids = np.concatenate([self._ids, ids])
+        order = np.lexsort((ids, prio))[: self.max_rows]
+        self._z = np.concatenate([self._z, z])[order]
+        self._y = np.concatenate([self._y, y.astype(np.int64)])[order]
+        self._prio, self._ids = prio[order], ids[order]
+
+    def finalize(self, *, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+        """The fitted temperature, NaN when the sample holds no labelled example."""
+        if self.n == 0:
+            return float("nan")
+        return _compute_fit_temperature(self._z, self._y, bounds)

@@ -1,0 +1,120 @@
+"""Calibration: NLL, ECE, reliability table, temperature fit, streaming versions."""
+
+from __future__ import annotations
+
+import inputs
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.metrics import log_loss
+
+from kdlens.calibration import (
+    CalibrationAccumulator,
+    TemperatureFitAccumulator,
+    expected_calibration_error,
+    fit_temperature,
+    nll_loss,
+    reliability_table,
+)
+from kdlens.errors import InputError
+
+
+def _ece_reference(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
+    """An independent ECE: loop over bins with explicit edges."""
+    conf = p.max(axis=1)
+    acc = p.argmax(axis=1) == y
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        m = (conf >= lo) & ((conf < hi) if b < n_bins - 1 else (conf <= hi))
+        if m.any():
+            total += m.sum() / len(y) * abs(acc[m].mean() - conf[m].mean())
+    return total
+
+
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+@pytest.mark.parametrize("t", [1.0, 2.0])
+def test_ece_matches_reference(n_bins, t):
+    z, y = inputs.random_teacher(n=700, k=6)
+    p = softmax(z.astype(float) / t, axis=1)
+    got = expected_calibration_error(z, y, n_bins=n_bins, temperature=t)
+    assert got == pytest.approx(_ece_reference(p, y, n_bins), rel=1e-9, abs=1e-12)
+
+
+def test_nll_matches_sklearn():
+    z, y = inputs.random_teacher(n=400, k=7)
+    ref = log_loss(y, softmax(z.astype(float), axis=1), labels=np.arange(7))
+    assert nll_loss(z, y) == pytest.approx(ref, rel=1e-9)
+
+
+def test_reliability_table():
+    z, y = inputs.random_teacher(n=500, k=5)
+    tab = reliability_table(z, y, n_bins=10)
+    assert tab.columns == ["bin", "lower", "upper", "count", "confidence", "accuracy"]
+    assert tab["count"].sum() == 500 and tab.height == 10
+    filled = tab.filter(tab["count"] > 0)
+    assert (
+        (filled["confidence"] >= filled["lower"]) & (filled["confidence"] <= filled["upper"])
+    ).all()
+    assert tab.filter(tab["count"] == 0)["accuracy"].null_count() == (tab["count"] == 0).sum()
+
+
+def test_one_hot_correct_teacher_is_perfectly_calibrated():
+    z, y = inputs.one_hot_teacher(n=100, k=4)
+    assert expected_calibration_error(z, y) == 0.0
+    assert nll_loss(z, y) == 0.0
+
+
+@pytest.mark.parametrize("t_true", [0.5, 3.0])
+def test_fit_temperature_recovers_the_scale(t_true):
+    rng = np.random.default_rng(1)
+    n, k = 6000, 10
+    base = rng.normal(0, 2.0, size=(n, k))
+    y = np.array([rng.choice(k, p=p) for p in softmax(base, axis=1)])
+    t = fit_temperature((base * t_true).astype(np.float32), y)
+    assert t == pytest.approx(t_true, rel=0.08)
+
+
+def test_fit_temperature_bad_bounds():
+    z, y = inputs.random_teacher(n=20, k=3)
+    with pytest.raises(InputError, match="bounds"):
+        fit_temperature(z, y, bounds=(2.0, 1.0))
+
+
+def test_calibration_accumulator_merge_equals_one_pass():
+    z, y = inputs.random_teacher(n=900, k=6)
+    one = CalibrationAccumulator(n_bins=12).update(z, y).finalize()
+    parts = [
+        CalibrationAccumulator(n_bins=12).update(z[i : i + 200], y[i : i + 200])
+        for i in range(0, 900, 200)
+    ]
+    merged = parts[3]
+    for p in (parts[1], parts[4], parts[0], parts[2]):
+        merged.merge(p)
+    m = merged.finalize()
+    assert m.n == one.n == 900 and m.n_bins == 12
+    assert m.ece == pytest.approx(one.ece, rel=1e-12)
+    assert m.nll == pytest.approx(one.nll, rel=1e-12)
+    np.testing.assert_array_equal(m.table["count"], one.table["count"])
+    with pytest.raises(InputError, match="n_bins"):
+        merged.merge(CalibrationAccumulator(n_bins=3))
+
+
+def test_temperature_sample_is_order_free_and_bounded():
+    z, y = inputs.random_teacher(n=1000, k=5)
+    ids = np.arange(1000) * 3
+    one = TemperatureFitAccumulator(5, max_rows=300).update(z, y, ids)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(1000)
+    chunks = np.array_split(order, 7)
+    accs = [TemperatureFitAccumulator(5, max_rows=300).update(z[c], y[c], ids[c]) for c in chunks]
+    merged = accs[5]
+    for i in (2, 0, 6, 1, 4, 3):
+        merged.merge(accs[i])
+    assert one.n == merged.n == 300
+    np.testing.assert_array_equal(np.sort(one._ids), np.sort(merged._ids))
+    assert one.finalize() == merged.finalize()
+    # Small splits are used whole.
+    full = TemperatureFitAccumulator(5).update(z, y, ids)
+    assert full.n == 1000
+    assert full.finalize() == pytest.approx(fit_temperature(z, y), rel=1e-9)

@@ -1,0 +1,262 @@
+"""Per-example soft-label quantities: science.md invariants, references, edge cases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import inputs
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import log_softmax, softmax
+from scipy.stats import entropy as sp_entropy
+from sklearn.metrics import log_loss
+
+from kdlens import softlabels as sl
+from kdlens.errors import InputError
+
+# Registry of per-example metrics: name -> f(logits, labels, T) -> (n,) array.
+# Invariance tests loop over it instead of repeating one test per metric.
+PER_EXAMPLE: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "entropy": lambda z, y, t: sl.entropy(z, temperature=t),
+    "entropy_normalized": lambda z, y, t: sl.entropy(z, temperature=t, normalized=True),
+    "effective_classes": lambda z, y, t: sl.effective_classes(z, temperature=t),
+    "target_prob": lambda z, y, t: sl.target_prob(z, y, temperature=t),
+    "dark_mass": lambda z, y, t: sl.dark_mass(z, y, temperature=t),
+    "log_dark_mass": lambda z, y, t: sl.log_dark_mass(z, y, temperature=t),
+    "nontarget_entropy": lambda z, y, t: sl.nontarget_entropy(z, y, temperature=t),
+    "nontarget_entropy_normalized": lambda z, y, t: sl.nontarget_entropy(
+        z, y, temperature=t, normalized=True
+    ),
+    "nckd_weight": lambda z, y, t: sl.nckd_weight(z, y, temperature=t),
+    "tckd_target": lambda z, y, t: sl.tckd_weight(z, y, temperature=t)[:, 0],
+    "correct": lambda z, y, t: sl.correct(z, y).astype(float),
+    "nll": lambda z, y, t: sl.nll(z, y),
+    "margin": lambda z, y, t: sl.margin(z, y),
+    "oemc": lambda z, y, t: sl.oemc(z, y, temperature=t).astype(float),
+}
+# Sorted per-example values are invariant under class renaming (a set of numbers).
+ROWWISE_SORTED: dict[str, Callable[[np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "probs": lambda z, y, t: np.sort(sl.probs(z, temperature=t), axis=1),
+    "nontarget_probs": lambda z, y, t: np.sort(sl.nontarget_probs(z, y, temperature=t), axis=1),
+}
+ALL = {**PER_EXAMPLE, **ROWWISE_SORTED}
+
+cases = st.tuples(
+    st.integers(0, 2**31 - 1),  # seed
+    st.integers(1, 40),  # n
+    st.integers(2, 12),  # K
+    st.sampled_from([0.5, 1.0, 2.0, 4.0]),  # T
+    st.sampled_from([0.5, 3.0, 20.0]),  # logit scale
+)
+
+
+def _draw(case):
+    seed, n, k, t, scale = case
+    rng = np.random.default_rng(seed)
+    z = (rng.normal(size=(n, k)) * scale).astype(np.float32)
+    y = rng.integers(0, k, n)
+    return rng, z, y, t
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases)
+def test_permuting_examples_permutes_every_metric(case):
+    rng, z, y, t = _draw(case)
+    perm = rng.permutation(z.shape[0])
+    for name, f in ALL.items():
+        np.testing.assert_allclose(
+            f(z[perm], y[perm], t), f(z, y, t)[perm], rtol=1e-12, atol=1e-12, err_msg=name
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases)
+def test_renaming_classes_consistently_changes_nothing(case):
+    rng, z, y, t = _draw(case)
+    k = z.shape[1]
+    pi = rng.permutation(k)  # new class j is old class pi[j]
+    inv = np.argsort(pi)
+    z2, y2 = z[:, pi], inv[y]
+    for name, f in ALL.items():
+        np.testing.assert_allclose(f(z2, y2, t), f(z, y, t), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@settings(max_examples=40, deadline=None)
+@given(cases, st.floats(-50, 50))
+def test_adding_a_constant_to_an_examples_logits_changes_nothing(case, shift):
+    rng, z, y, t = _draw(case)
+    # Exactly representable shifts so float32 storage adds no rounding of its own.
+    c = np.round(rng.uniform(-1, 1, size=(z.shape[0], 1)) * shift).astype(np.float32)
+    z64 = z.astype(np.float64)
+    for name, f in ALL.items():
+        np.testing.assert_allclose(
+            f(z64 + c, y, t), f(z64, y, t), rtol=1e-7, atol=1e-9, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0])
+def test_one_hot_teacher_has_no_dark_mass(t):
+    z, y = inputs.one_hot_teacher(n=200, k=10)
+    assert np.all(sl.dark_mass(z, y, temperature=t) == 0.0)
+    assert sl.oemc_share(z, y, temperature=t) == 0.0
+    np.testing.assert_array_equal(sl.effective_classes(z, temperature=t), 1.0)
+    np.testing.assert_array_equal(sl.target_prob(z, y, temperature=t), 1.0)
+    # q is still defined (uniform over the equal non-target logits), never NaN.
+    np.testing.assert_allclose(sl.nontarget_entropy(z, y, temperature=t), np.log(9), rtol=1e-12)
+
+
+def test_label_smoothing_teacher_has_uniform_nontarget_distribution():
+    z, y = inputs.label_smoothing_teacher(n=300, k=7)
+    q = sl.nontarget_probs(z, y, temperature=2.0)
+    off = np.ones_like(q, bool)
+    off[np.arange(len(y)), y] = False
+    np.testing.assert_allclose(q[off], 1 / 6, rtol=1e-12)
+    np.testing.assert_allclose(sl.nontarget_entropy(z, y, normalized=True), 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(inputs.NAMED_TEACHERS))
+@pytest.mark.parametrize("t", [1.0, 3.0])
+def test_against_scipy_references(name, t):
+    z, y = inputs.NAMED_TEACHERS[name]()
+    p = softmax(z.astype(np.float64) / t, axis=1)
+    rows = np.arange(len(y))
+    np.testing.assert_allclose(sl.probs(z, temperature=t), p, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(
+        sl.entropy(z, temperature=t), sp_entropy(p, axis=1), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(sl.target_prob(z, y, temperature=t), p[rows, y], rtol=1e-12)
+    q = p.copy()
+    q[rows, y] = 0.0
+    mass = q.sum(axis=1)
+    ok = mass > 1e-200  # where the reference itself has not underflowed
+    np.testing.assert_allclose(sl.dark_mass(z, y, temperature=t)[ok], mass[ok], rtol=1e-9)
+    qn = q[ok] / mass[ok, None]
+    np.testing.assert_allclose(
+        sl.nontarget_probs(z, y, temperature=t)[ok], qn, rtol=1e-9, atol=1e-300
+    )
+    np.testing.assert_allclose(
+        sl.nontarget_entropy(z, y, temperature=t)[ok], sp_entropy(qn, axis=1), rtol=1e-9, atol=1e-12
+    )
+
+
+def test_nll_matches_sklearn_log_loss():
+    z, y = inputs.random_teacher(n=500, k=8)
+    p = softmax(z.astype(np.float64), axis=1)
+    assert np.mean(sl.nll(z, y)) == pytest.approx(log_loss(y, p, labels=np.arange(8)), rel=1e-9)
+
+
+def test_correct_and_margin_match_argmax():
+    z, y = inputs.random_teacher(n=500, k=8)
+    np.testing.assert_array_equal(sl.correct(z, y), np.argmax(z, axis=1) == y)
+    zz = z.astype(np.float64)
+    other = zz.copy()
+    other[np.arange(len(y)), y] = -np.inf
+    np.testing.assert_allclose(
+        sl.margin(z, y), zz[np.arange(len(y)), y] - other.max(1), rtol=1e-12, atol=1e-12
+    )
+
+
+def test_dark_mass_exact_when_target_prob_rounds_to_one():
+    k = 5
+    z = np.zeros((3, k))
+    z[:, 0] = [40.0, 80.0, 700.0]
+    y = np.zeros(3, np.int64)
+    expected_log = -z[:, 0] + np.log(k - 1) - np.log1p((k - 1) * np.exp(-z[:, 0]))
+    np.testing.assert_allclose(sl.log_dark_mass(z, y), expected_log, rtol=1e-12)
+    # 1 - p_y by subtraction would be exactly 0 here.
+    assert np.all(sl.dark_mass(z[:2], y[:2]) > 0)
+    assert 1.0 - sl.target_prob(z, y)[1] == 0.0
+    np.testing.assert_allclose(sl.nontarget_probs(z, y)[:, 1:], 0.25, rtol=1e-12)
+    np.testing.assert_allclose(sl.tckd_weight(z, y).sum(axis=1), 1.0, rtol=1e-12)
+
+
+def test_nontarget_log_probs_shape_and_target_column():
+    z, y = inputs.random_teacher(n=50, k=6)
+    lq = sl.nontarget_log_probs(z, y, temperature=2.0)
+    assert lq.shape == (50, 6)
+    assert np.all(np.isneginf(lq[np.arange(50), y]))
+    np.testing.assert_allclose(np.exp(lq).sum(axis=1), 1.0, rtol=1e-12)
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(lq, np.log(sl.nontarget_probs(z, y, temperature=2.0)))
+
+
+def test_two_classes_are_degenerate_not_errors():
+    z, y = inputs.random_teacher(n=40, k=2)
+    np.testing.assert_array_equal(sl.nontarget_entropy(z, y), 0.0)
+    np.testing.assert_array_equal(sl.nontarget_entropy(z, y, normalized=True), 0.0)
+    q = sl.nontarget_probs(z, y)
+    np.testing.assert_allclose(q[np.arange(40), 1 - y], 1.0, rtol=1e-15)
+    df = sl.per_example(z, y)
+    assert df.height == 40 and not df["nontarget_entropy_normalized"].is_nan().any()
+
+
+def test_oemc_threshold():
+    # dark masses 0.01, 0.05 (boundary counts as OEMC), 0.5
+    d = np.array([0.01, 0.05, 0.5])
+    z = np.log(np.stack([1 - d, d], axis=1))
+    y = np.zeros(3, np.int64)
+    np.testing.assert_array_equal(sl.oemc(z, y, delta=0.05), [False, True, True])
+    assert sl.oemc_share(z, y, delta=0.05) == pytest.approx(2 / 3)
+    assert sl.oemc_share(z, y, delta=0.6) == 0.0
+
+
+@pytest.mark.parametrize("t", [1.0, 2.5])
+def test_per_example_agrees_with_the_single_functions(t):
+    z, y = inputs.random_teacher(n=300, k=9)
+    df = sl.per_example(z, y, temperature=t, example_ids=np.arange(300) + 7)
+    assert df["example_id"][0] == 7 and df["temperature"][0] == t
+    for name in (
+        "entropy",
+        "entropy_normalized",
+        "effective_classes",
+        "target_prob",
+        "dark_mass",
+        "log_dark_mass",
+        "nontarget_entropy",
+        "nontarget_entropy_normalized",
+        "nll",
+        "margin",
+    ):
+        np.testing.assert_allclose(
+            df[name].to_numpy(), PER_EXAMPLE[name](z, y, t), rtol=1e-10, atol=1e-12, err_msg=name
+        )
+    np.testing.assert_array_equal(df["correct"].to_numpy(), sl.correct(z, y))
+    np.testing.assert_array_equal(df["oemc"].to_numpy(), sl.oemc(z, y, temperature=t))
+    np.testing.assert_allclose(
+        df["confidence"].to_numpy(), softmax(z.astype(float), 1).max(1), rtol=1e-12
+    )
+
+
+def test_per_example_missing_labels_are_nan():
+    z, y = inputs.random_teacher(n=20, k=5)
+    y = y.copy()
+    y[:5] = -1
+    df = sl.per_example(z, y)
+    assert df["dark_mass"][:5].is_nan().all() and not df["dark_mass"][5:].is_nan().any()
+    assert not df["entropy"].is_nan().any()
+    np.testing.assert_allclose(df["entropy"].to_numpy(), sl.entropy(z), rtol=1e-12)
+
+
+def test_log_probs_matches_scipy():
+    z, _ = inputs.random_teacher(n=30, k=4)
+    np.testing.assert_allclose(
+        sl.log_probs(z, temperature=0.7), log_softmax(z.astype(float) / 0.7, axis=1), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: sl.entropy(np.array([[0.0, np.nan]])), "NaN/Inf"),
+        (lambda: sl.entropy(np.zeros(3)), "2-D"),
+        (lambda: sl.dark_mass(np.zeros((2, 3)), np.array([0, 3])), "found 3"),
+        (lambda: sl.dark_mass(np.zeros((2, 3)), np.array([0])), "same length"),
+        (lambda: sl.entropy(np.zeros((2, 3)), temperature=0.0), "temperature"),
+        (lambda: sl.oemc(np.zeros((2, 3)), np.array([0, 1]), delta=2.0), "delta"),
+    ],
+)
+def test_bad_input_raises_input_error(call, message):
+    with pytest.raises(InputError, match=message):
+        call()
