@@ -39,7 +39,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy.sparse import csr_matrix
 from scipy.special import log_softmax
 
 from kdlens.calibration import DEFAULT_N_BINS, TemperatureFitAccumulator
@@ -656,42 +655,15 @@ def _analyze_part(
     )
 
 
-_SIM_NEEDED = frozenset({"counts", "q_sum", "negent_sum", "q_sqsum"})
-#: Every attribute the fast path knows how to fill; an accumulator holding any
-#: other state goes through its own ``update``.
-_SIM_KNOWN = _SIM_NEEDED | {"logq_sum", "log_floor", "num_classes", "temperature"}
-
-
 def _add_similarity(acc: Any, z: np.ndarray, y: np.ndarray, core: _Core, tg: _Target) -> None:
-    """Add one batch to a :class:`~kdlens.similarity.SimilarityAccumulator` from the
-    intermediates of the soft-label pass.
-
-    The sums are those of ``SimilarityAccumulator.update`` (a test checks equality)
-    without a second log-softmax, and per-class sums by a sparse indicator product
-    (O(nK)) instead of a dense one (O(nK^2)). Falls back to ``update`` when
-    the accumulator does not keep these sums.
-    """
-    state = set(vars(acc))
-    if not (_SIM_NEEDED <= state <= _SIM_KNOWN) or acc.temperature != core.temperature:
+    """Add one batch to the similarity accumulator from the soft-label pass's
+    intermediates, so the log-softmax is computed once per batch, not twice."""
+    if acc.temperature != core.temperature:
         acc.update(z, y)
         return
-    k = acc.num_classes
-    n = y.shape[0]
-    # Class sums as a sparse (K, n) indicator times (n, K): O(nK), several times faster
-    # than np.add.at and without the O(nK^2) of a dense indicator product.
-    onehot = csr_matrix((np.ones(n), (y, np.arange(n))), shape=(k, n))
     # The soft-label columns are computed already: core.e and core.x are reused in place.
     q = tg.nontarget_probs(core, y, inplace=True)
-    acc.counts += np.bincount(y, minlength=k)
-    acc.q_sum += onehot @ q
-    acc.q_sqsum += np.bincount(y, weights=np.einsum("ij,ij->i", q, q), minlength=k)
-    acc.negent_sum -= np.bincount(y, weights=tg.nt_entropy, minlength=k)
-    del q
-    if "logq_sum" in state:
-        logq = np.subtract(core.x, tg.log_snt[:, None], out=core.x)
-        np.maximum(logq, acc.log_floor, out=logq)
-        logq[tg.rows, y] = 0.0
-        acc.logq_sum += onehot @ logq
+    acc.update_nontarget(q, tg.nt_entropy, y)
 
 
 def _with_keys(df: pl.DataFrame, keys: dict[str, str]) -> pl.DataFrame:

@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.sparse import csr_matrix
 from scipy.special import log_softmax, xlogy
 
 from kdlens.errors import InputError
@@ -247,17 +248,29 @@ class SimilarityAccumulator:
         return self
 
     def _update(self, z: np.ndarray, y: np.ndarray) -> None:
+        q = np.exp(_nontarget_logq(z, y, self.temperature))  # exactly 0 at the label
+        self.update_nontarget(q, -xlogy(q, q).sum(axis=1), y)
+
+    def update_nontarget(
+        self, q: np.ndarray, nontarget_entropy: np.ndarray, labels: np.ndarray
+    ) -> SimilarityAccumulator:
+        """Add a batch whose non-target distributions are already computed.
+
+        For callers that hold ``q`` from their own log-softmax pass (``analyze``):
+        ``q`` (n, K) float64 with 0 at the label and rows summing to 1, computed at
+        this accumulator's temperature; ``nontarget_entropy`` (n,) is ``H(q)``;
+        ``labels`` (n,) in ``[0, K)``. Trusted, not validated.
+        """
         k = self.num_classes
-        logq = _nontarget_logq(z, y, self.temperature)
-        q = np.exp(logq)  # exactly 0 at the label
-        counts = np.bincount(y, minlength=k)
-        self.counts += counts
-        # Class sums by one sparse-free matmul: (K, n) indicator @ (n, K).
-        onehot = np.zeros((k, y.shape[0]), np.float64)
-        onehot[y, np.arange(y.shape[0])] = 1.0
+        n = labels.shape[0]
+        self.counts += np.bincount(labels, minlength=k)
+        # Class sums as a sparse (K, n) indicator times (n, K): O(nK), where a dense
+        # indicator product would be O(nK^2).
+        onehot = csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
         self.q_sum += onehot @ q
-        self.negent_sum += np.bincount(y, weights=xlogy(q, q).sum(axis=1), minlength=k)
-        self.q_sqsum += np.bincount(y, weights=np.square(q).sum(axis=1), minlength=k)
+        self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
+        self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
+        return self
 
     def merge(self, other: SimilarityAccumulator) -> SimilarityAccumulator:
         """Add another accumulator's sums into this one (exact); returns ``self``."""

@@ -104,3 +104,20 @@ def test_bad_arguments():
         structure_test(z, y, n_permutations=0)
     with pytest.raises(InputError, match="SimilarityResult"):
         structure_test_from_result(object())  # type: ignore[arg-type]
+
+
+def test_series_null_for_large_k_matches_gaussian_draws(monkeypatch) -> None:
+    """The chi-square series used at large K agrees with the full Gaussian null draws."""
+    import kdlens.structure as st
+
+    k, n_c = 400, 300
+    m = k - 1
+    counts = np.full(k, n_c)
+    q_sqsum = counts * (1.0 / m) * (1.0 + 0.5**2)  # entries with a 50 % coefficient of variation
+    monkeypatch.setattr(st, "_QUADRATIC_WORK", 0)
+    series = st._compute_analytic_null(counts, q_sqsum, k, 2000, np.random.default_rng(0))
+    monkeypatch.setattr(st, "_QUADRATIC_WORK", 10**18)
+    full = st._compute_analytic_null(counts, q_sqsum, k, 400, np.random.default_rng(1))
+    sd = full.std()
+    assert abs(series.mean() - full.mean()) < 0.25 * sd
+    assert 0.85 < series.std() / sd < 1.15
