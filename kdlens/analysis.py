@@ -25,7 +25,6 @@ when the analysis covers one (``fitted_temperature_split`` says which split).
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import tempfile
@@ -57,7 +56,6 @@ __all__ = [
     "AnalysisResult",
     "NullProgress",
     "analyze",
-    "read_hierarchy",
     "read_reference_probs",
 ]
 
@@ -161,52 +159,6 @@ class AnalysisResult:
 
 
 # --------------------------------------------------------------------------- side inputs
-
-
-def read_hierarchy(
-    path: str | os.PathLike[str], num_classes: int, class_names: Sequence[str] | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Read a CSV ``class,superclass`` into ``(superclass_of_class (K,) ints, superclass names)``.
-
-    ``class`` is a class index or, when the store has class names, a name. Every
-    class must appear exactly once; otherwise an :class:`InputError` names the file.
-    """
-    p = Path(path)
-    try:
-        with open(p, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise InputError(f"{p}: cannot read hierarchy file ({exc.strerror})") from None
-    if not rows or "class" not in rows[0] or "superclass" not in rows[0]:
-        raise InputError(f"{p}: hierarchy must be a CSV with columns 'class,superclass'")
-    index = {name: i for i, name in enumerate(class_names or [])}
-    sup_of = np.full(num_classes, -1, np.int64)
-    sup_names: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):
-        raw = (row.get("class") or "").strip()
-        if raw in index:
-            c = index[raw]
-        elif raw.lstrip("-").isdigit():
-            c = int(raw)
-            if not 0 <= c < num_classes:
-                raise InputError(f"{p}:{line}: class {c} is outside [0, {num_classes})")
-        else:
-            raise InputError(
-                f"{p}:{line}: class {raw!r} is neither an index nor a class name of the store"
-            )
-        if sup_of[c] >= 0:
-            raise InputError(f"{p}:{line}: class {raw!r} is listed twice")
-        s = (row.get("superclass") or "").strip()
-        if not s:
-            raise InputError(f"{p}:{line}: empty superclass")
-        sup_of[c] = sup_names.setdefault(s, len(sup_names))
-    missing = np.flatnonzero(sup_of < 0)
-    if missing.size:
-        raise InputError(
-            f"{p}: {missing.size} of the store's {num_classes} classes have no superclass "
-            f"(first: {int(missing[0])})"
-        )
-    return sup_of, list(sup_names)
 
 
 class _Reference:
@@ -393,6 +345,8 @@ def analyze(
     st = open_store(store)
     k = st.num_classes
     parts = _select_parts(st, splits)
+    from kdlens.similarity import read_hierarchy
+
     sup = read_hierarchy(hierarchy, k, st.class_names)[0] if hierarchy is not None else None
     ref = read_reference_probs(reference_probs, k) if reference_probs is not None else None
     prog = _as_progress(progress)

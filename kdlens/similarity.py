@@ -86,7 +86,7 @@ __all__ = [
     "write_graph",
     "write_edges_parquet",
     "ClassGraph",
-    "load_hierarchy",
+    "read_hierarchy",
     "store_class_graph",
 ]
 
@@ -821,49 +821,90 @@ class ClassGraph:
     class_names: list[str] | None
 
 
-def load_hierarchy(path: str | os.PathLike[str], num_classes: int | None = None) -> np.ndarray:
-    """Read a class → superclass map: a JSON list of K ints, or a JSON object holding
-    one under ``fine_to_coarse`` or ``superclass_of_class`` (at the top or one level down,
-    as in ``class_names.json``), or a CSV whose last column is the superclass id."""
+_CLASS_COLUMNS = ("class", "class_id", "fine_id", "class_name", "fine_name")
+_SUPER_COLUMNS = ("superclass", "superclass_id", "coarse_id", "superclass_name", "coarse_name")
+
+
+def read_hierarchy(
+    path: str | os.PathLike[str], num_classes: int, class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Read a class -> superclass map as ``(superclass_of_class (K,) ints, superclass names)``.
+
+    A CSV with a header names its columns ``class,superclass`` (or the first present of
+    ``class_id/fine_id/class_name/fine_name`` and ``superclass_id/coarse_id/...``, as in
+    CIFAR-100's ``fine_to_coarse.csv``); a class is an index or, when the store has class
+    names, a name, and every class appears exactly once. A ``.json`` file holds a list of
+    K superclass ids, or an object with one under ``fine_to_coarse`` or
+    ``superclass_of_class`` (at the top or one level down, as in ``class_names.json``).
+    """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such hierarchy file")
-    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        sup = _json_hierarchy(p, num_classes)
+        return sup, [str(s) for s in np.unique(sup)]
+    import csv
+
+    with open(p, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    cols = list(rows[0]) if rows else []
+    ccol = next((c for c in _CLASS_COLUMNS if c in cols), None)
+    scol = next((c for c in _SUPER_COLUMNS if c in cols), None)
+    if ccol is None or scol is None:
+        raise InputError(f"{p}: hierarchy must be a CSV with columns 'class,superclass'")
+    index = {name: i for i, name in enumerate(class_names or [])}
+    sup_of = np.full(num_classes, -1, np.int64)
+    sup_names: dict[str, int] = {}
+    for line, row in enumerate(rows, start=2):
+        raw = (row.get(ccol) or "").strip()
+        if raw in index:
+            c = index[raw]
+        elif raw.lstrip("-").isdigit():
+            c = int(raw)
+            if not 0 <= c < num_classes:
+                raise InputError(f"{p}:{line}: class {c} is outside [0, {num_classes})")
+        else:
+            raise InputError(
+                f"{p}:{line}: class {raw!r} is neither an index nor a class name of the store"
+            )
+        if sup_of[c] >= 0:
+            raise InputError(f"{p}:{line}: class {raw!r} is listed twice")
+        s = (row.get(scol) or "").strip()
+        if not s:
+            raise InputError(f"{p}:{line}: empty superclass")
+        sup_of[c] = sup_names.setdefault(s, len(sup_names))
+    missing = np.flatnonzero(sup_of < 0)
+    if missing.size:
+        raise InputError(
+            f"{p}: {missing.size} of the store's {num_classes} classes have no superclass "
+            f"(first: {int(missing[0])})"
+        )
+    return sup_of, list(sup_names)
+
+
+def _json_hierarchy(p: Path, num_classes: int) -> np.ndarray:
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise InputError(f"{p}: not valid JSON") from None
+    keys = ("fine_to_coarse", "superclass_of_class")
     found: Any = None
-    if p.suffix.lower() == ".csv":
-        rows = [r.split(",") for r in text.strip().splitlines()]
-        try:
-            found = [int(r[-1]) for r in (rows[1:] if not rows[0][-1].strip().isdigit() else rows)]
-        except ValueError:
-            raise InputError(f"{p}: the last CSV column must be an integer superclass id") from None
-    else:
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError:
-            raise InputError(f"{p}: not valid JSON") from None
-        keys = ("fine_to_coarse", "superclass_of_class")
-        if isinstance(doc, list):
-            found = doc
-        elif isinstance(doc, dict):
-            for key in keys:
-                if key in doc:
-                    found = doc[key]
-            if found is None:
-                hits = [
-                    v[key] for v in doc.values() if isinstance(v, dict)
-                    for key in keys if key in v
-                ]
-                if len(hits) == 1:
-                    found = hits[0]
-                elif len(hits) > 1 and num_classes is not None:
-                    hits = [h for h in hits if len(h) == num_classes]
-                    found = hits[0] if len(hits) == 1 else None
+    if isinstance(doc, list):
+        found = doc
+    elif isinstance(doc, dict):
+        found = next((doc[key] for key in keys if key in doc), None)
+        if found is None:
+            hits = [
+                v[key] for v in doc.values() if isinstance(v, dict) for key in keys if key in v
+            ]
+            hits = [h for h in hits if len(h) == num_classes]
+            found = hits[0] if len(hits) == 1 else None
     if found is None:
         raise InputError(f"{p}: no class → superclass list found (fine_to_coarse)")
     sup = np.asarray(found)
     if sup.ndim != 1 or not np.issubdtype(sup.dtype, np.integer):
         raise InputError(f"{p}: the hierarchy must be a flat list of integers")
-    if num_classes is not None and sup.shape[0] != num_classes:
+    if sup.shape[0] != num_classes:
         raise InputError(
             f"{p}: hierarchy has {sup.shape[0]} classes but the store has {num_classes}"
         )

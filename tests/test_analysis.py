@@ -12,8 +12,9 @@ from scipy.special import softmax
 from scipy.stats import entropy as sp_entropy
 
 from kdlens import softlabels as sl
-from kdlens.analysis import analyze, read_hierarchy
+from kdlens.analysis import analyze
 from kdlens.errors import InputError, StoreError
+from kdlens.similarity import read_hierarchy
 from kdlens.store import CheckpointWriter, write_logits
 
 K = 12
@@ -180,7 +181,7 @@ def test_bad_hierarchy_and_reference_name_the_file(store, tmp_path):
     np.save(tmp_path / "r3.npy", np.full((10, 3), 1 / 3))
     with pytest.raises(InputError, match=r"r3.npy.*\(N, 12\)"):
         analyze(store, reference_probs=tmp_path / "r3.npy")
-    with pytest.raises(InputError, match="nothere.csv: cannot read"):
+    with pytest.raises(InputError, match="nothere.csv: no such hierarchy file"):
         read_hierarchy(tmp_path / "nothere.csv", K, None)
     h.write_text("class,superclass\n0,a\n1,b\n0,c\n")
     with pytest.raises(InputError, match="bad.csv:4: class '0' is listed twice"):

@@ -12,7 +12,7 @@ from rich.table import Table
 from kdlens.cli._app import app, console, handle_errors
 from kdlens.compare import KNOWLEDGE_DISTILLATION, compare_stores
 from kdlens.errors import InputError
-from kdlens.similarity import load_hierarchy, store_class_graph, write_graph
+from kdlens.similarity import read_hierarchy, store_class_graph, write_graph
 
 
 @app.command("compare")
@@ -97,7 +97,8 @@ def graph_command(
     if hierarchy is not None:
         from kdlens.store import open_store
 
-        sup = load_hierarchy(hierarchy, open_store(store).num_classes)
+        st = open_store(store)
+        sup = read_hierarchy(hierarchy, st.num_classes, st.class_names)[0]
     g = store_class_graph(
         store, run, checkpoint, split=split, temperature=temperature, top_k=top_k,
         threshold=threshold, superclass_of_class=sup, n_clusters=n_clusters,
