@@ -7,6 +7,8 @@ and is imported only when used.
 
 import importlib as _importlib
 
+from typing import TYPE_CHECKING
+
 from kdlens._version import __version__
 from kdlens.analysis import *
 from kdlens.calibration import *
@@ -36,6 +38,9 @@ _MODULES = [
         "report", "charts", "demo",
     )
 ]
+
+if TYPE_CHECKING:  # the real import is lazy (below): torch is needed only by the harness
+    from kdlens.harness.writer import LogitsWriter
 
 
 def __getattr__(name: str) -> object:

@@ -1,0 +1,164 @@
+"""``kdlens.LogitsWriter``: dump logits from your own training loop in three lines.
+
+>>> writer = kdlens.LogitsWriter("runs/mine", run="bs128-seed0", num_classes=10)  # doctest: +SKIP
+>>> for epoch in range(1, 31):                                                    # doctest: +SKIP
+...     train_one_epoch(model)
+...     if epoch in (1, 2, 4, 8, 16, 30):
+...         writer.dump(model, test_loader, checkpoint=f"ep{epoch:03d}", epoch=epoch, split="test")
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdlens.errors import InputError
+from kdlens.harness.runtime import autocast
+from kdlens.store import CheckpointWriter
+
+__all__ = ["LogitsWriter"]
+
+
+class LogitsWriter:
+    """Write logits of a model over a data loader into a kdlens store.
+
+    Each :meth:`dump` call writes one file, ``<root>/<run>/<checkpoint>.<split>.parquet``,
+    atomically. The loader must yield ``(x, y)`` or ``(x, y, example_id)`` batches in a
+    fixed order (no shuffling) so that example ids are stable across checkpoints;
+    without ids, the position in the loader is the id.
+
+    Parameters
+    ----------
+    root : directory of the store.
+    run : run name, e.g. ``"bs128-seed0"``.
+    num_classes : K, the number of logits per example.
+    class_names : optional K names.
+    batch_size : the teacher's training batch size, recorded in every row.
+    dataset, model, config : recorded in the file metadata.
+    overwrite : replace files that already exist (default: refuse).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        run: str,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        dataset: str | None = None,
+        model: str | None = None,
+        config: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if not run or "/" in run or "\\" in run:
+            raise InputError(f"run must be a non-empty name without slashes, got {run!r}")
+        if int(num_classes) < 2:
+            raise InputError(f"num_classes must be at least 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise InputError(
+                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
+            )
+        self.root = Path(root)
+        self.run = run
+        self.num_classes = int(num_classes)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.batch_size = batch_size
+        self.dataset, self.model, self.config = dataset, model, dict(config or {})
+        self.overwrite = overwrite
+
+    def path(self, checkpoint: str, split: str) -> Path:
+        return self.root / self.run / f"{checkpoint}.{split}.parquet"
+
+    def dump(
+        self,
+        model: nn.Module,
+        loader: Iterable[Any],
+        *,
+        checkpoint: str,
+        split: str = "test",
+        epoch: int | None = None,
+        step: int | None = None,
+    ) -> Path:
+        """Run ``model`` over ``loader`` (eval mode, inference_mode) and write its logits.
+
+        The model's train/eval mode is restored afterwards. Returns the file written.
+        """
+        if not checkpoint or "/" in checkpoint:
+            raise InputError(
+                f"checkpoint must be a non-empty name without slashes, got {checkpoint!r}"
+            )
+        sampler = getattr(loader, "sampler", None)
+        if sampler is not None and type(sampler).__name__ == "RandomSampler":
+            raise InputError(
+                "the loader shuffles (RandomSampler): example ids would change between "
+                "checkpoints; use shuffle=False for dumps"
+            )
+        path = self.path(checkpoint, split)
+        if path.exists() and not self.overwrite:
+            raise InputError(f"{path}: already exists (pass overwrite=True)")
+        try:
+            param = next(model.parameters())
+            device = param.device
+        except StopIteration:
+            device = torch.device("cpu")
+        was_training = model.training
+        model.eval()
+        seen = 0
+        try:
+            with (
+                CheckpointWriter(
+                    path,
+                    run=self.run,
+                    checkpoint=checkpoint,
+                    num_classes=self.num_classes,
+                    epoch=epoch,
+                    step=step,
+                    batch_size=self.batch_size,
+                    class_names=self.class_names,
+                    dataset=self.dataset,
+                    model=self.model or type(model).__name__,
+                    config=self.config,
+                    overwrite=self.overwrite,
+                ) as w,
+                torch.inference_mode(),
+                autocast(device),
+            ):
+                for i, batch in enumerate(loader):
+                    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+                        raise InputError(
+                            f"loader batch {i} must be (x, y) or (x, y, example_id), "
+                            f"got {type(batch).__name__}"
+                        )
+                    x, y = batch[0], batch[1]
+                    x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+                    z = model(x)
+                    if (
+                        not isinstance(z, torch.Tensor)
+                        or z.ndim != 2
+                        or z.shape[1] != self.num_classes
+                    ):
+                        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+                        raise InputError(
+                            f"model output must be (batch, {self.num_classes}) logits, got {shape}"
+                        )
+                    n = z.shape[0]
+                    ids = (
+                        np.asarray(
+                            batch[2].cpu() if isinstance(batch[2], torch.Tensor) else batch[2]
+                        )
+                        if len(batch) == 3
+                        else np.arange(seen, seen + n)
+                    )
+                    yy = y.cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
+                    w.write(z.float(), split=split, labels=yy, example_ids=ids)
+                    seen += n
+        finally:
+            model.train(was_training)
+        return path
