@@ -6,7 +6,6 @@ and is imported only when used.
 """
 
 import importlib as _importlib
-
 from typing import TYPE_CHECKING
 
 from kdlens._version import __version__
