@@ -324,7 +324,9 @@ def analyze(
     n_bins : equal-width confidence bins of ECE (column ``ece_bins``).
     hierarchy : CSV ``class,superclass``; adds ``superclass_ari`` / ``superclass_nmi``.
     reference_probs : ``.npy``/``.npz`` reference probabilities; adds
-        ``reference_similarity_spearman`` and ``reference_kl``.
+        ``reference_similarity_spearman`` (Spearman between the symmetrised similarity
+        matrices over class pairs: which way a confusion goes is mostly noise, see
+        :mod:`kdlens.similarity`) and ``reference_kl`` (mean KL(p_ref || p_T)).
     per_example_path : stream every per-example quantity to this Parquet file.
     n_permutations : permutations of the structure test (0 skips it).
     drop_nonfinite : skip rows with NaN/Inf logits instead of refusing them.
@@ -588,7 +590,9 @@ def _analyze_part(
 
         s_ref = ref_sim.finalize().matrix
         row["reference_similarity_spearman"] = float(
-            reference_agreement(_present(res.matrix, present), _present(s_ref, present))
+            reference_agreement(
+                _present(res.matrix, present), _present(s_ref, present), symmetric=True
+            )
         )
         row["reference_kl"] = ref_kl / soft.n
     keys = {"run": part.run, "checkpoint": part.checkpoint, "split": part.split}
