@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.special import log_softmax
 
+from kdlens._atomic import atomic_path, commit_temp, new_temp
 from kdlens.calibration import DEFAULT_N_BINS, TemperatureFitAccumulator
 from kdlens.errors import InputError
 from kdlens.softlabels import (
@@ -141,19 +141,14 @@ class AnalysisResult:
     def write(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``<table>.parquet`` for each table into ``directory`` (tmp file, then rename)."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"{out}: exists and is not a directory; choose another --out")
         paths = {}
         for name in self.TABLES:
             df: pl.DataFrame = getattr(self, name)
             target = out / f"{name}.parquet"
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            os.close(fd)
-            try:
+            with atomic_path(target) as tmp:
                 df.write_parquet(tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
             paths[name] = target
         return paths
 
@@ -237,12 +232,7 @@ class _ExamplesWriter:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = new_temp(self.path)
         self._w: pq.ParquetWriter | None = None
 
     def write(
@@ -274,7 +264,7 @@ class _ExamplesWriter:
             pq.write_table(pa.table({"example_id": pa.array([], pa.int64())}), self.tmp)
         else:
             self._w.close()
-        os.replace(self.tmp, self.path)
+        commit_temp(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kdlens._atomic import write_text_atomic
 from kdlens.errors import InputError
 
 __all__ = ["DemoResult", "run_demo"]
@@ -99,9 +100,7 @@ def run_demo(
     say("3/4 ranking checkpoints (bootstrap over examples)")
     rec = recommend(out / "store", temperature=1.0, n_bootstrap=50 if quick else 200)
     rec_path = out / "recommendation.json"
-    tmp = rec_path.with_name(f".{rec_path.name}.tmp")
-    tmp.write_text(rec.to_json(indent=2))
-    os.replace(tmp, rec_path)
+    write_text_atomic(rec_path, rec.to_json(indent=2))
     seconds["recommend"] = time.perf_counter() - t
 
     t = time.perf_counter()

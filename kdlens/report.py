@@ -21,7 +21,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import altair as alt
 import numpy as np
 import polars as pl
 
+from kdlens._atomic import write_bytes_atomic
 from kdlens._version import __version__
 from kdlens.charts import (
     ChartUnavailable,
@@ -1162,16 +1162,7 @@ _PAGE = """<!DOCTYPE html>
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def export_charts(

@@ -56,7 +56,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -69,6 +68,7 @@ import polars as pl
 from scipy.sparse import csr_matrix
 from scipy.special import log_softmax, xlogy
 
+from kdlens._atomic import atomic_path, write_text_atomic
 from kdlens.errors import InputError
 
 __all__ = [
@@ -775,15 +775,7 @@ def _graphml(nodes: list[dict[str, Any]], links: list[dict[str, Any]], t: float 
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def write_edges_parquet(
@@ -795,14 +787,8 @@ def write_edges_parquet(
     df = edges
     if temperature is not None:
         df = df.with_columns(pl.lit(float(temperature)).alias("temperature"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         df.write_parquet(tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p
 
 

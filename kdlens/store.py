@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob as _glob
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdlens._atomic import commit_temp, new_temp
 from kdlens._version import __version__
 from kdlens.errors import InputError, StoreError
 
@@ -129,12 +129,7 @@ class CheckpointWriter:
         schema = arrow_schema(self.num_classes).with_metadata(
             {METADATA_KEY: json.dumps(meta, sort_keys=True, default=str).encode()}
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
-        )
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = new_temp(self.path)
         self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
             self._tmp,
             schema,
@@ -210,8 +205,7 @@ class CheckpointWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
-            os.replace(self._tmp, self.path)
+            commit_temp(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:
@@ -251,12 +245,6 @@ def write_logits(
     ) as w:
         w.write(z, split=split, labels=labels, example_ids=example_ids)
     return Path(path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:

@@ -26,6 +26,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from kdlens._atomic import atomic_path
 from kdlens.errors import InputError, StoreError
 from kdlens.harness.data import SourceData, load_source, prepare_data
 from kdlens.harness.models import build_model
@@ -545,19 +546,11 @@ _KEY = ["student_run", "seed", "student", "temperature", "alpha", "plain"]
 
 def _merge_results(df: pl.DataFrame, path: Path) -> None:
     """Add ``df`` to ``path``, replacing earlier rows with the same key; atomic."""
-    import tempfile
 
     if path.is_file():
         old = pl.read_parquet(path)
         if set(old.columns) == set(df.columns):
             prev = old.select(df.columns).cast(RESULT_SCHEMA)  # type: ignore[arg-type]
             df = pl.concat([prev, df]).unique(subset=_KEY, keep="last", maintain_order=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
