@@ -54,8 +54,12 @@ def _similarity(npz: Path, temperature: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--external", type=Path, default=_default_external(),
-                    help="the shared external data directory")
+    ap.add_argument(
+        "--external",
+        type=Path,
+        default=_default_external(),
+        help="the shared external data directory",
+    )
     ap.add_argument("--temperature", type=float, default=1.0)
     args = ap.parse_args()
     ext: Path = args.external
@@ -67,8 +71,10 @@ def main() -> None:
     f2c = np.asarray(names["cifar100"]["fine_to_coarse"])
 
     print(f"CIFAR-100 superclass recovery, 20 clusters, T={args.temperature}")
-    print(f"{'model':24s} {'acc':>6s} {'ARI naive':>10s} {'ARI kdlens':>11s} "
-          f"{'NMI naive':>10s} {'NMI kdlens':>11s} {'SI':>6s} {'SI/logK-1':>9s} {'p':>7s}")
+    print(
+        f"{'model':24s} {'acc':>6s} {'ARI naive':>10s} {'ARI kdlens':>11s} "
+        f"{'NMI naive':>10s} {'NMI kdlens':>11s} {'SI':>6s} {'SI/logK-1':>9s} {'p':>7s}"
+    )
     ari_n, ari_e = [], []
     for f in sorted((ext / "wasscal_chenyaofo_logits" / "cifar100").glob("*.npz")):
         res, d = _similarity(f, args.temperature)
@@ -78,15 +84,20 @@ def main() -> None:
         acc = float((d["logits"].argmax(1) == d["labels"]).mean())
         ari_n.append(naive["ari"])
         ari_e.append(est["ari"])
-        print(f"{f.stem:24s} {acc:6.3f} {naive['ari']:10.3f} {est['ari']:11.3f} "
-              f"{naive['nmi']:10.3f} {est['nmi']:11.3f} {st.statistic:6.3f} "
-              f"{st.normalized_effect:9.3f} {st.p_value:7.4f}")
-    print(f"{'mean / min':24s} {'':6s} {np.mean(ari_n):5.3f}/{np.min(ari_n):.3f} "
-          f"{np.mean(ari_e):6.3f}/{np.min(ari_e):.3f}")
+        print(
+            f"{f.stem:24s} {acc:6.3f} {naive['ari']:10.3f} {est['ari']:11.3f} "
+            f"{naive['nmi']:10.3f} {est['nmi']:11.3f} {st.statistic:6.3f} "
+            f"{st.normalized_effect:9.3f} {st.p_value:7.4f}"
+        )
+    print(
+        f"{'mean / min':24s} {'':6s} {np.mean(ari_n):5.3f}/{np.min(ari_n):.3f} "
+        f"{np.mean(ari_e):6.3f}/{np.min(ari_e):.3f}"
+    )
 
     human = np.load(ext / "cifar10h" / "cifar10h-probs.npy")
-    print("\nCIFAR-10 agreement with the CIFAR-10H human similarity (Spearman), "
-          f"T={args.temperature}")
+    print(
+        f"\nCIFAR-10 agreement with the CIFAR-10H human similarity (Spearman), T={args.temperature}"
+    )
     print(f"{'model':24s} {'naive':>7s} {'kdlens':>7s}")
     ag_n, ag_e = [], []
     ref = None
@@ -101,8 +112,10 @@ def main() -> None:
         ag_n.append(a_n)
         ag_e.append(a_e)
         print(f"{f.stem:24s} {a_n:7.3f} {a_e:7.3f}")
-    print(f"{'mean / min':24s} {np.mean(ag_n):.3f}/{np.min(ag_n):.3f} "
-          f"{np.mean(ag_e):.3f}/{np.min(ag_e):.3f}  ({len(ag_n)} models)")
+    print(
+        f"{'mean / min':24s} {np.mean(ag_n):.3f}/{np.min(ag_n):.3f} "
+        f"{np.mean(ag_e):.3f}/{np.min(ag_e):.3f}  ({len(ag_n)} models)"
+    )
 
     print("\nstructure test timing, 50,000 x 100 synthetic logits, 1,000 draws")
     rng = np.random.default_rng(0)
@@ -111,8 +124,10 @@ def main() -> None:
     z[np.arange(50_000), y] += 5.0
     t0 = time.perf_counter()
     r = structure_test(z, y, n_permutations=1000)
-    print(f"structure_test: method={r.method} p={r.p_value:.3f} {time.perf_counter() - t0:.2f} s "
-          "(includes the similarity pass over the logits)")
+    print(
+        f"structure_test: method={r.method} p={r.p_value:.3f} {time.perf_counter() - t0:.2f} s "
+        "(includes the similarity pass over the logits)"
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ and is imported only when used.
 """
 
 import importlib as _importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from kdlens._version import __version__
 from kdlens.analysis import *
@@ -32,13 +32,27 @@ from kdlens.validation import *
 _MODULES = [
     _importlib.import_module(f"kdlens.{_m}")
     for _m in (
-        "errors", "store", "validation", "importing", "softlabels", "calibration", "fidelity",
-        "streaming", "similarity", "structure", "controls", "compare", "analysis", "recommend",
-        "report", "charts", "demo",
+        "errors",
+        "store",
+        "validation",
+        "importing",
+        "softlabels",
+        "calibration",
+        "fidelity",
+        "streaming",
+        "similarity",
+        "structure",
+        "controls",
+        "compare",
+        "analysis",
+        "recommend",
+        "report",
+        "charts",
+        "demo",
     )
 ]
 
-if TYPE_CHECKING:  # the real import is lazy (below): torch is needed only by the harness
+if _TYPE_CHECKING:  # the real import is lazy (below): torch is needed only by the harness
     from kdlens.harness.writer import LogitsWriter
 
 
@@ -51,7 +65,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'kdlens' has no attribute {name!r}")
 
 
-__all__ = sorted(
-    {"__version__", "LogitsWriter"}
-    | {n for m in _MODULES for n in m.__all__}
-)
+__all__ = sorted({"__version__", "LogitsWriter"} | {n for m in _MODULES for n in m.__all__})

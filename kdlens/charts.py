@@ -702,7 +702,9 @@ def entropy_chart(hist: pl.DataFrame, *, split: str) -> alt.TopLevelMixin:
                 "mid:Q", title="value (0 = one class, 1 = uniform)", scale=alt.Scale(domain=[0, 1])
             ),
             y=alt.Y(
-                "share:Q", title="share of examples (sqrt scale)", axis=alt.Axis(format="%"),
+                "share:Q",
+                title="share of examples (sqrt scale)",
+                axis=alt.Axis(format="%"),
                 scale=alt.Scale(type="sqrt"),
             ),
             color=alt.Color(

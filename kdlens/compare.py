@@ -68,8 +68,10 @@ class StudentComparison:
     seed_accuracies_b: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def _correctness(x: Any, labels: np.ndarray, side: str) -> np.ndarray:
@@ -147,8 +149,13 @@ def compare_students(
 
 
 def _compute_comparison(
-    ca: np.ndarray, cb: np.ndarray, *, n_bootstrap: int, seed: int | None,
-    confidence: float, alpha: float,
+    ca: np.ndarray,
+    cb: np.ndarray,
+    *,
+    n_bootstrap: int,
+    seed: int | None,
+    confidence: float,
+    alpha: float,
 ) -> StudentComparison:
     from scipy import stats
 
@@ -175,8 +182,10 @@ def _compute_comparison(
         if ca.shape[0] == cb.shape[0]:
             seed_test = "paired t-test"
             diffs = acc_a - acc_b
-            seed_p = 1.0 if np.all(diffs == diffs[0]) and diffs[0] == 0 else float(
-                stats.ttest_rel(acc_a, acc_b).pvalue
+            seed_p = (
+                1.0
+                if np.all(diffs == diffs[0]) and diffs[0] == 0
+                else float(stats.ttest_rel(acc_a, acc_b).pvalue)
             )
         else:
             seed_test = "Welch t-test"
@@ -225,12 +234,16 @@ def _student_predictions(store: Any, split: str) -> list[dict[str, Any]]:
             preds.append(batch.logits.argmax(axis=1))
             labels.append(batch.labels)
         cfg = store.checkpoint_metadata(run, ckpt).get("config") or {}
-        students.append({
-            "run": run, "checkpoint": ckpt,
-            "seed": cfg.get("seed") if isinstance(cfg, dict) else None,
-            "ids": np.concatenate(ids), "pred": np.concatenate(preds),
-            "label": np.concatenate(labels),
-        })
+        students.append(
+            {
+                "run": run,
+                "checkpoint": ckpt,
+                "seed": cfg.get("seed") if isinstance(cfg, dict) else None,
+                "ids": np.concatenate(ids),
+                "pred": np.concatenate(preds),
+                "label": np.concatenate(labels),
+            }
+        )
     return students
 
 
@@ -303,15 +316,30 @@ def compare_stores(
                 )
             c = s["pred"][pos] == lab
             corr[side].append(c)
-            rows.append({
-                "side": side, "run": s["run"], "checkpoint": s["checkpoint"],
-                "seed": None if s["seed"] is None else str(s["seed"]),
-                "n": int(common.size), "accuracy": float(c.mean()),
-            })
+            rows.append(
+                {
+                    "side": side,
+                    "run": s["run"],
+                    "checkpoint": s["checkpoint"],
+                    "seed": None if s["seed"] is None else str(s["seed"]),
+                    "n": int(common.size),
+                    "accuracy": float(c.mean()),
+                }
+            )
     result = _compute_comparison(
-        np.stack(corr["real"]), np.stack(corr["control"]),
-        n_bootstrap=int(n_bootstrap), seed=seed, confidence=0.95, alpha=alpha,
+        np.stack(corr["real"]),
+        np.stack(corr["control"]),
+        n_bootstrap=int(n_bootstrap),
+        seed=seed,
+        confidence=0.95,
+        alpha=alpha,
     )
-    schema = {"side": pl.Utf8, "run": pl.Utf8, "checkpoint": pl.Utf8, "seed": pl.Utf8,
-              "n": pl.Int64, "accuracy": pl.Float64}
+    schema = {
+        "side": pl.Utf8,
+        "run": pl.Utf8,
+        "checkpoint": pl.Utf8,
+        "seed": pl.Utf8,
+        "n": pl.Int64,
+        "accuracy": pl.Float64,
+    }
     return pl.DataFrame(rows, schema=schema), result

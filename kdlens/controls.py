@@ -22,6 +22,13 @@ The controls are written as ordinary stores, one file per source run x checkpoin
 (all its splits), run name ``<run>+<kind>``; the file's ``config`` records the
 kind, temperature, seed and source. Labels are required (controls are defined
 around the true class).
+
+Mind that the controls are *label-informed*: where the teacher was wrong but
+``p_y > 1/K``, spreading the rest of the mass uniformly (``ls``) or as the class
+mean makes the label the top class, so a control can be more accurate than its
+teacher (on digits, 0.953 -> 0.992). Students of a control therefore see a
+slightly cleaner target than students of the teacher: a student comparison that
+still favours the real teacher is evidence for knowledge beyond the label.
 """
 
 from __future__ import annotations
@@ -151,8 +158,8 @@ def make_controls(
     """Write the ``kind`` control of every run x checkpoint of ``store`` under directory ``out``.
 
     Streams part by part through :class:`~kdlens.store.CheckpointWriter`; one file
-    ``<run>+<kind>__<checkpoint>.parquet`` per source checkpoint, holding every
-    split, run name ``<run>+<kind>``. ``permuted`` is deterministic in ``seed``
+    ``<run>+<kind>/<checkpoint>.parquet`` (the layout of a dump) per source checkpoint,
+    holding every split, run name ``<run>+<kind>``. ``permuted`` is deterministic in ``seed``
     (and the part); ``class-mean`` reads each part twice (``S`` first).
 
     Returns the written paths.
@@ -171,7 +178,7 @@ def make_controls(
         parts = st.find(run, ck)
         first = parts[0]
         meta = st.checkpoint_metadata(run, ck)
-        path = out_dir / f"{_safe(run)}+{kind}__{_safe(ck)}.parquet"
+        path = out_dir / f"{_safe(run)}+{kind}" / f"{_safe(ck)}.parquet"
         config = {
             "control": kind,
             "temperature": t,

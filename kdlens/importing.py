@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,9 @@ def import_files(
     kind : what the numbers are: ``logits``, ``probs`` or ``log-probs``.
     labels : a key (npz/pt) or column (csv) inside each input, or a path to a
         ``.npy``/``.txt``/``.csv`` file of N integer labels shared by every input.
+        Default: a key or column named ``labels``, ``label``, ``y``, ``targets`` or
+        ``ground_truth`` when present. A CSV whose first line is all numbers has no
+        header.
     checkpoints : one name per input (default: the file stems).
     classes : class names: a list, or a ``.json`` list / ``.txt`` one name per line.
     key : the array's key inside ``.npz``/``.pt`` inputs (default: looked up by name).
@@ -222,20 +226,35 @@ def _pick(
 def _read_csv(path: Path, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
     import polars as pl
 
+    sep = "\t" if path.suffix == ".tsv" else ","
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        first = fh.readline().strip().split(sep)
+    # A first line of numbers is data, not a header: reading it as names would drop a row.
+    has_header = not all(_is_number(c) for c in first if c.strip())
     try:
-        df = pl.read_csv(path, separator="\t" if path.suffix == ".tsv" else ",")
+        df = pl.read_csv(path, separator=sep, has_header=has_header)
     except Exception as exc:
         raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     lab = None
+    if label_key is None:
+        label_key = next((c for c in _LABEL_KEYS if c in df.columns), None)
+    elif label_key not in df.columns:
+        raise InputError(f"{path}: no column {label_key!r}")
     if label_key is not None:
-        if label_key not in df.columns:
-            raise InputError(f"{path}: no column {label_key!r}")
         lab = df[label_key].to_numpy()
         df = df.drop(label_key)
     bad = [c for c, t in zip(df.columns, df.dtypes, strict=True) if not t.is_numeric()]
     if bad:
         raise InputError(f"{path}: column {bad[0]!r} is not numeric")
     return _check_2d(df.to_numpy().astype(np.float64), path), lab
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_2d(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -268,6 +287,13 @@ def _to_logits(
 ) -> np.ndarray:
     x = arr.astype(np.float64)
     if kind == "logits":
+        finite = np.isfinite(x).all()
+        if finite and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=prob_tol):
+            warnings.warn(
+                f"{path}: every row lies in [0, 1] and sums to 1: these look like "
+                "probabilities; use --kind probs unless they really are logits",
+                stacklevel=3,
+            )
         return x.astype(np.float32)
     if kind == "probs":
         if np.isnan(x).any() or (x < 0).any() or (x > 1 + prob_tol).any():

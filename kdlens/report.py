@@ -1051,7 +1051,7 @@ def _hypothesis_html(data: ReportData) -> str:
     )
     return (
         f'<section class="card" id="sec-hypothesis"><h2>{title}</h2>'
-            f'<p class="caption">{_e(intro)}</p>'
+        f'<p class="caption">{_e(intro)}</p>'
         f'<div class="scroll tall"><table class="data"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div></section>"
     )

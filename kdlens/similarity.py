@@ -450,9 +450,7 @@ def instance_information(
     return ii if per_class else _nanmean(ii)
 
 
-def similarity_from_probs(
-    probs: Any, labels: Any, *, weighting: str = "example"
-) -> np.ndarray:
+def similarity_from_probs(probs: Any, labels: Any, *, weighting: str = "example") -> np.ndarray:
     """A reference similarity matrix from probability rows (e.g. human soft labels).
 
     Parameters
@@ -739,8 +737,11 @@ def write_graph(
     ]
     if suffix == ".json":
         doc: dict[str, Any] = {
-            "directed": False, "multigraph": False,
-            "graph": {"temperature": temperature}, "nodes": nodes, "links": links,
+            "directed": False,
+            "multigraph": False,
+            "graph": {"temperature": temperature},
+            "nodes": nodes,
+            "links": links,
         }
         text = json.dumps(doc, indent=1)
     else:
@@ -752,9 +753,13 @@ def write_graph(
 def _graphml(nodes: list[dict[str, Any]], links: list[dict[str, Any]], t: float | None) -> str:
     ns = "http://graphml.graphdrawing.org/xmlns"
     root = ET.Element("graphml", {"xmlns": ns})
-    keys = [("name", "node", "string"), ("cluster", "node", "int"),
-            ("superclass", "node", "int"), ("weight", "edge", "double"),
-            ("temperature", "graph", "double")]
+    keys = [
+        ("name", "node", "string"),
+        ("cluster", "node", "int"),
+        ("superclass", "node", "int"),
+        ("weight", "edge", "double"),
+        ("temperature", "graph", "double"),
+    ]
     for name, dom, typ in keys:
         ET.SubElement(root, "key", {"id": name, "for": dom, "attr.name": name, "attr.type": typ})
     g = ET.SubElement(root, "graph", {"id": "similarity", "edgedefault": "undirected"})
@@ -880,9 +885,7 @@ def _json_hierarchy(p: Path, num_classes: int) -> np.ndarray:
     elif isinstance(doc, dict):
         found = next((doc[key] for key in keys if key in doc), None)
         if found is None:
-            hits = [
-                v[key] for v in doc.values() if isinstance(v, dict) for key in keys if key in v
-            ]
+            hits = [v[key] for v in doc.values() if isinstance(v, dict) for key in keys if key in v]
             hits = [h for h in hits if len(h) == num_classes]
             found = hits[0] if len(hits) == 1 else None
     if found is None:

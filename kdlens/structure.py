@@ -88,8 +88,10 @@ class StructureTestResult:
     num_classes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in asdict(self).items()
+        }
 
 
 def _check_b_seed(n_permutations: int, seed: Any) -> int:
@@ -133,9 +135,17 @@ def _result(
 
 def _degenerate(k: int, b: int, t: float, n: int, observed: float = 0.0) -> StructureTestResult:
     return StructureTestResult(
-        statistic=observed, p_value=1.0, effect_size=observed, normalized_effect=0.0,
-        n_permutations=b, method="degenerate", temperature=t, null_mean=0.0, null_std=0.0,
-        n_examples=n, num_classes=k,
+        statistic=observed,
+        p_value=1.0,
+        effect_size=observed,
+        normalized_effect=0.0,
+        n_permutations=b,
+        method="degenerate",
+        temperature=t,
+        null_mean=0.0,
+        null_std=0.0,
+        n_examples=n,
+        num_classes=k,
     )
 
 
@@ -209,8 +219,12 @@ def structure_test_from_result(
     rng = np.random.default_rng(seed)
     null = _compute_analytic_null(counts, np.asarray(result.q_sqsum_per_class), k, b, rng)
     return _result(
-        float(result.similarity_information), null, k=k, method="analytic",
-        t=result.temperature, n=n,
+        float(result.similarity_information),
+        null,
+        k=k,
+        method="analytic",
+        t=result.temperature,
+        n=n,
     )
 
 
@@ -280,9 +294,12 @@ def structure_test(
     rng = np.random.default_rng(seed)
     if method == "auto":
         small = n * m * b <= EXACT_BUDGET
-        method = "exact" if small and (
-            counts[present].min() < ANALYTIC_MIN_CLASS or n * m * b <= EXACT_BUDGET // 4
-        ) else "analytic"
+        method = (
+            "exact"
+            if small
+            and (counts[present].min() < ANALYTIC_MIN_CLASS or n * m * b <= EXACT_BUDGET // 4)
+            else "analytic"
+        )
     if method == "exact":
         null = _compute_exact_null(q_nt, y, k, b, rng)
     else:

@@ -57,8 +57,12 @@ def test_control_better_is_not_knowledge_distillation():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 5, 2000)
     base = rng.random(2000)
-    r = compare_students(np.where(base < 0.6, y, (y + 1) % 5),
-                         np.where(base < 0.7, y, (y + 1) % 5), labels=y, n_bootstrap=500)
+    r = compare_students(
+        np.where(base < 0.6, y, (y + 1) % 5),
+        np.where(base < 0.7, y, (y + 1) % 5),
+        labels=y,
+        n_bootstrap=500,
+    )
     assert r.verdict == REGULARIZATION_EFFECT and r.ci_high < 0
 
 
@@ -98,9 +102,16 @@ def _write_students(dir_, name, y, preds, seeds, k=4):
         z = np.eye(k, dtype=np.float32)[p] * 3.0
         ids = np.arange(y.shape[0])
         order = np.random.default_rng(i).permutation(y.shape[0])  # rows in any order
-        write_logits(dir_ / f"{name}-{i}.parquet", z[order], split="test", run=f"{name}-s{s}",
-                     checkpoint="final", labels=y[order], example_ids=ids[order],
-                     config={"seed": s})
+        write_logits(
+            dir_ / f"{name}-{i}.parquet",
+            z[order],
+            split="test",
+            run=f"{name}-s{s}",
+            checkpoint="final",
+            labels=y[order],
+            example_ids=ids[order],
+            config={"seed": s},
+        )
 
 
 def test_compare_stores_pairs_by_seed(tmp_path):
@@ -118,8 +129,7 @@ def test_compare_stores_pairs_by_seed(tmp_path):
     assert frame.height == 6 and set(frame["side"]) == {"real", "control"}
     assert r.verdict == KNOWLEDGE_DISTILLATION
     # paired by seed: seed s of real with seed s of control, difference 0.10 each
-    np.testing.assert_allclose(np.array(r.seed_accuracies_a) - r.seed_accuracies_b, 0.10,
-                               atol=0.03)
+    np.testing.assert_allclose(np.array(r.seed_accuracies_a) - r.seed_accuracies_b, 0.10, atol=0.03)
     direct = compare_students(real, ctrl, labels=y, n_bootstrap=500)
     assert r.difference == pytest.approx(direct.difference)
     assert r.mcnemar_p == pytest.approx(direct.mcnemar_p)
@@ -139,13 +149,20 @@ def test_cli_compare_and_graph(tmp_path):
     base = rng.random(n)
     (tmp_path / "real").mkdir()
     (tmp_path / "ctrl").mkdir()
-    _write_students(tmp_path / "real", "real", y,
-                    [np.where(base < 0.9, y, (y + 1) % k)], [0])
-    _write_students(tmp_path / "ctrl", "ctrl", y,
-                    [np.where(base < 0.6, y, (y + 1) % k)], [0])
+    _write_students(tmp_path / "real", "real", y, [np.where(base < 0.9, y, (y + 1) % k)], [0])
+    _write_students(tmp_path / "ctrl", "ctrl", y, [np.where(base < 0.6, y, (y + 1) % k)], [0])
     runner = CliRunner()
-    r = runner.invoke(app, ["compare", str(tmp_path / "real"), str(tmp_path / "ctrl"),
-                            "--json", "--n-bootstrap", "300"])
+    r = runner.invoke(
+        app,
+        [
+            "compare",
+            str(tmp_path / "real"),
+            str(tmp_path / "ctrl"),
+            "--json",
+            "--n-bootstrap",
+            "300",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = _json.loads(r.stdout)
     assert doc["verdict"] == KNOWLEDGE_DISTILLATION and len(doc["students"]) == 2
@@ -156,11 +173,36 @@ def test_cli_compare_and_graph(tmp_path):
     write_logits(tmp_path / "t.parquet", z, split="test", run="r", checkpoint="c", labels=yy)
     (tmp_path / "h.json").write_text(_json.dumps({"fine_to_coarse": sup.tolist()}))
     out = tmp_path / "g.graphml"
-    r = runner.invoke(app, ["graph", str(tmp_path / "t.parquet"), "--run", "r", "--checkpoint",
-                            "c", "--hierarchy", str(tmp_path / "h.json"), "-o", str(out),
-                            "--top-k", "2"])
+    r = runner.invoke(
+        app,
+        [
+            "graph",
+            str(tmp_path / "t.parquet"),
+            "--run",
+            "r",
+            "--checkpoint",
+            "c",
+            "--hierarchy",
+            str(tmp_path / "h.json"),
+            "-o",
+            str(out),
+            "--top-k",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert out.exists() and "ARI = 1.000" in r.output
-    r = runner.invoke(app, ["graph", str(tmp_path / "t.parquet"), "--run", "r", "--checkpoint",
-                            "c", "-o", str(tmp_path / "g.txt")])
+    r = runner.invoke(
+        app,
+        [
+            "graph",
+            str(tmp_path / "t.parquet"),
+            "--run",
+            "r",
+            "--checkpoint",
+            "c",
+            "-o",
+            str(tmp_path / "g.txt"),
+        ],
+    )
     assert r.exit_code != 0

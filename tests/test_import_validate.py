@@ -299,3 +299,41 @@ def test_import_real_cifar10_models_as_one_store(external_dir: Path, tmp_path: P
     assert rep.ok and rep.checkpoints == 19 and rep.splits == {"test": 190_000}
     b = open_store(tmp_path / "c10").load("chenyaofo", "resnet20", "test")
     assert abs(float((b.logits.argmax(1) == b.labels).mean()) - 0.9260) < 1e-4
+
+
+def test_csv_without_header_keeps_every_row(tmp_path: Path) -> None:
+    z, _ = _logits(n=7, k=3)
+    np.savetxt(tmp_path / "raw.csv", z, delimiter=",")
+    import_files([tmp_path / "raw.csv"], tmp_path / "s", kind="logits")
+    b = open_store(tmp_path / "s").load("imported", "raw", "test")
+    np.testing.assert_allclose(b.logits, z, rtol=1e-6)
+    np.testing.assert_array_equal(b.example_ids, np.arange(7))
+
+
+def test_csv_label_column_is_found_without_flag(tmp_path: Path) -> None:
+    z, y = _logits(n=6, k=3)
+    rows = ["a,b,c,label"] + [
+        ",".join(map(str, r)) + f",{v}" for r, v in zip(z, y % 3, strict=True)
+    ]
+    (tmp_path / "l.csv").write_text("\n".join(rows))
+    import_files([tmp_path / "l.csv"], tmp_path / "s", kind="logits")
+    store = open_store(tmp_path / "s")
+    assert store.num_classes == 3
+    np.testing.assert_array_equal(store.load("imported", "l", "test").labels, y % 3)
+
+
+def test_probabilities_imported_as_logits_warn(tmp_path: Path) -> None:
+    z, _ = _logits()
+    np.save(tmp_path / "p.npy", softmax(z.astype(np.float64), axis=1))
+    with pytest.warns(UserWarning, match="look like probabilities; use --kind probs"):
+        import_files([tmp_path / "p.npy"], tmp_path / "s", kind="logits")
+    res = runner.invoke(
+        app, ["import", str(tmp_path / "p.npy"), "-o", str(tmp_path / "t"), "--kind", "logits"]
+    )
+    assert res.exit_code == 0 and "warning:" in res.output
+
+
+def test_validate_missing_path_prints_only_the_reason(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["validate", str(tmp_path / "nope")])
+    assert res.exit_code == 2
+    assert "no such file or directory" in res.output and "classes (K)" not in res.output

@@ -228,8 +228,7 @@ def test_information_from_matrix_matches_result():
     z, y = inputs.random_teacher(n=600, k=8, seed=5)
     res = _result(z, y)
     assert similarity_information(res.matrix) == pytest.approx(res.similarity_information)
-    np.testing.assert_allclose(similarity_information(res.matrix, per_class=True),
-                               res.si_per_class)
+    np.testing.assert_allclose(similarity_information(res.matrix, per_class=True), res.si_per_class)
     np.testing.assert_allclose(similarity_estimate(res.matrix), res.estimate)
 
 
@@ -278,8 +277,14 @@ def test_write_graph_formats(tmp_path, suffix):
     edges = similarity_graph(res.estimate, top_k=2)
     names = [f"c{i}" for i in range(12)]
     clusters = cluster_classes(res.estimate, n_clusters=4)
-    out = write_graph(edges, tmp_path / f"g{suffix}", class_names=names, clusters=clusters,
-                      superclasses=sup, temperature=1.0)
+    out = write_graph(
+        edges,
+        tmp_path / f"g{suffix}",
+        class_names=names,
+        clusters=clusters,
+        superclasses=sup,
+        temperature=1.0,
+    )
     assert out.exists() and not list(tmp_path.glob(".*tmp"))
     if suffix == ".graphml":
         root = ET.parse(out).getroot()

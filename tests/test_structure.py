@@ -20,10 +20,12 @@ def _null_data(seed, n=300, k=8):
 @pytest.mark.parametrize("method,sims", [("analytic", 200), ("exact", 200)])
 def test_calibrated_under_the_null(method, sims):
     """At alpha = 0.05 the test rejects a structureless teacher in at most 8% of runs."""
-    pvals = np.array([
-        structure_test(*_null_data(s), n_permutations=200, seed=1000 + s, method=method).p_value
-        for s in range(sims)
-    ])
+    pvals = np.array(
+        [
+            structure_test(*_null_data(s), n_permutations=200, seed=1000 + s, method=method).p_value
+            for s in range(sims)
+        ]
+    )
     assert (pvals <= 0.05).mean() <= 0.08
     # and the p-values are not degenerate (a test that never rejects would pass above)
     assert 0.3 < pvals.mean() < 0.7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,11 +32,18 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+    # One line on stderr, as for errors: no source line or Python location.
+    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
 def handle_errors(fn: F) -> F:
     """Turn library errors into one line on stderr and a non-zero exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        shown = warnings.showwarning
+        warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
         except KdlensError as exc:
@@ -43,5 +51,7 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err_console.print("interrupted")
             sys.exit(130)
+        finally:
+            warnings.showwarning = shown
 
     return wrapper  # type: ignore[return-value]

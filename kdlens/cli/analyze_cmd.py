@@ -63,11 +63,12 @@ def analyze_command(
     output: Path = typer.Option(
         Path("kdlens-analysis"),
         "-o",
+        "--out",
         "--output",
         help="Directory for summary/classes/similarity/edges/calibration .parquet.",
     ),
     temperature: float = typer.Option(
-        1.0, "--temperature", "-t", help="Temperature T of the soft-label measures."
+        1.0, "--temperature", "-T", help="Temperature T of the soft-label measures."
     ),
     as_json: bool = typer.Option(
         False, "--json", help='Print {"temperature": T, "rows": [...]} to stdout, nothing else.'
@@ -165,9 +166,11 @@ class _Nothing:
 def controls_command(
     store: str = typer.Argument(..., help="Logits store of the source teacher checkpoints."),
     kind: str = typer.Option(..., "--kind", help=f"Control teacher: {' | '.join(CONTROL_KINDS)}."),
-    output: Path = typer.Option(..., "-o", "--output", help="Directory for the control store."),
+    output: Path = typer.Option(
+        ..., "-o", "--out", "--output", help="Directory for the control store."
+    ),
     temperature: float = typer.Option(
-        1.0, "--temperature", "-t", help="Temperature T at which the control is defined."
+        1.0, "--temperature", "-T", help="Temperature T at which the control is defined."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the 'permuted' control."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),

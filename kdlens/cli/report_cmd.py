@@ -14,8 +14,7 @@ from kdlens.cli._app import app, console, err_console, handle_errors
 def report_cmd(
     source: str = typer.Argument(
         ...,
-        help="A logits store (file, directory or glob) or an analysis directory "
-        "(kdlens analyze).",
+        help="A logits store (file, directory or glob) or an analysis directory (kdlens analyze).",
     ),
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
     store: str | None = typer.Option(

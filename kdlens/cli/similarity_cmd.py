@@ -19,12 +19,14 @@ from kdlens.similarity import read_hierarchy, store_class_graph, write_graph
 @handle_errors
 def compare_command(
     real_students: str = typer.Argument(
-        ..., help="Store of logits of students distilled from the real teacher (one run or "
-        "checkpoint per student seed)."
+        ...,
+        help="Store of logits of students distilled from the real teacher (one run or "
+        "checkpoint per student seed).",
     ),
     control_students: str = typer.Argument(
-        ..., help="Store of logits of students distilled from a control teacher (e.g. the "
-        "LS-equivalent one) on the same examples."
+        ...,
+        help="Store of logits of students distilled from a control teacher (e.g. the "
+        "LS-equivalent one) on the same examples.",
     ),
     split: str = typer.Option("test", "--split", help="Split the students are evaluated on."),
     n_bootstrap: int = typer.Option(
@@ -36,7 +38,11 @@ def compare_command(
 ) -> None:
     """Knowledge distillation or regularization? Compare two sets of students."""
     frame, result = compare_stores(
-        real_students, control_students, split=split, n_bootstrap=n_bootstrap, seed=seed,
+        real_students,
+        control_students,
+        split=split,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
         alpha=alpha,
     )
     if as_json:
@@ -48,8 +54,14 @@ def compare_command(
     for col in ("side", "run", "checkpoint", "seed", "n", "accuracy"):
         table.add_column(col, justify="right" if col in ("n", "accuracy") else "left")
     for row in frame.iter_rows(named=True):
-        table.add_row(row["side"], row["run"], row["checkpoint"], row["seed"] or "-",
-                      f"{row['n']:,}", f"{row['accuracy']:.4f}")
+        table.add_row(
+            row["side"],
+            row["run"],
+            row["checkpoint"],
+            row["seed"] or "-",
+            f"{row['n']:,}",
+            f"{row['accuracy']:.4f}",
+        )
     console.print(table)
     pct = int(round(result.confidence * 100))
     console.print(
@@ -74,17 +86,22 @@ def graph_command(
     run: str = typer.Option(..., "--run", help="Run of the checkpoint."),
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint name."),
     output: Path = typer.Option(
-        ..., "-o", "--output", help="Output file: .graphml, .json (node-link) or .parquet (edges)."
+        ...,
+        "-o",
+        "--out",
+        "--output",
+        help="Output file: .graphml, .json (node-link) or .parquet (edges).",
     ),
     split: str = typer.Option("test", "--split", help="Split to compute class similarity on."),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Temperature T of q."),
+    temperature: float = typer.Option(1.0, "--temperature", "-T", help="Temperature T of q."),
     top_k: int = typer.Option(5, "--top-k", help="Keep each class's k strongest neighbours."),
     threshold: float = typer.Option(
         None, "--threshold", help="Keep only edges at least this strong (optional)."
     ),
     hierarchy: Path = typer.Option(
-        None, "--hierarchy", help="JSON/CSV class → superclass map; clusters are scored "
-        "against it (ARI, NMI)."
+        None,
+        "--hierarchy",
+        help="JSON/CSV class → superclass map; clusters are scored against it (ARI, NMI).",
     ),
     n_clusters: int = typer.Option(
         None, "--clusters", help="Number of class clusters (default: number of superclasses)."
@@ -100,12 +117,24 @@ def graph_command(
         st = open_store(store)
         sup = read_hierarchy(hierarchy, st.num_classes, st.class_names)[0]
     g = store_class_graph(
-        store, run, checkpoint, split=split, temperature=temperature, top_k=top_k,
-        threshold=threshold, superclass_of_class=sup, n_clusters=n_clusters,
+        store,
+        run,
+        checkpoint,
+        split=split,
+        temperature=temperature,
+        top_k=top_k,
+        threshold=threshold,
+        superclass_of_class=sup,
+        n_clusters=n_clusters,
     )
     write_graph(
-        g.edges, output, num_classes=g.result.num_classes, class_names=g.class_names,
-        clusters=g.clusters, superclasses=g.superclass_of_class, temperature=temperature,
+        g.edges,
+        output,
+        num_classes=g.result.num_classes,
+        class_names=g.class_names,
+        clusters=g.clusters,
+        superclasses=g.superclass_of_class,
+        temperature=temperature,
     )
     res = g.result
     console.print(

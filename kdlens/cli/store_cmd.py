@@ -45,6 +45,10 @@ def validate_cmd(
 
 
 def _render(r: ValidationReport) -> None:
+    if r.files == 0:  # nothing readable: the reasons are all there is to say
+        for u in r.unreadable:
+            console.print(f"[bold red]unreadable:[/] {u}", highlight=False, soft_wrap=True)
+        return
     head = Table.grid(padding=(0, 2))
     head.add_row("store", r.source)
     head.add_row("files", str(r.files))
@@ -116,7 +120,11 @@ def import_cmd(
     prob_tol: float = typer.Option(1e-3, "--prob-tol", help="Tolerance for rows summing to 1."),
     dataset: str | None = typer.Option(None, "--dataset", help="Dataset name for the metadata."),
     model: str | None = typer.Option(None, "--model", help="Model name for the metadata."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Write into a non-empty directory, replacing checkpoints of the same names.",
+    ),
 ) -> None:
     """Import logits, probabilities or log-probabilities as checkpoints of one store."""
     done = import_files(

@@ -78,8 +78,13 @@ def dump(
         + f" ({cfg.lr_scaling} scaling of {cfg.base_lr:g} at batch size 128)"
     )
     # A bad model name or factory fails here, before any existing output is looked at.
-    build_model(cfg.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                hidden=cfg.hidden, shortcut=cfg.shortcut)
+    build_model(
+        cfg.model,
+        num_classes=data.num_classes,
+        input_shape=data.input_shape,
+        hidden=cfg.hidden,
+        shortcut=cfg.shortcut,
+    )
     # Check every existing run first, so a conflict is reported before any training.
     if not overwrite:
         for b in cfg.batch_sizes:

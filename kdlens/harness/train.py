@@ -665,8 +665,12 @@ def _dump(
 
     def compute(m: nn.Module) -> list[Any]:
         return [
-            (s, predict_logits(m, xs[s], device=device, batch_size=bs, channels_last=channels_last),
-             data[s].y, data[s].ids)
+            (
+                s,
+                predict_logits(m, xs[s], device=device, batch_size=bs, channels_last=channels_last),
+                data[s].y,
+                data[s].ids,
+            )
             for s in splits
         ]
 

@@ -134,7 +134,9 @@ def main() -> None:
     )
     ap.add_argument("--skip-naive", action="store_true", help="do not run the naive script")
     ap.add_argument(
-        "--permutations", type=int, default=1000,
+        "--permutations",
+        type=int,
+        default=1000,
         help="structure-test permutations passed to analyze (0 skips the test)",
     )
     ap.add_argument("--repeats", type=int, default=1, help="runs of each step (best is reported)")
