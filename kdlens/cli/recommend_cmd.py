@@ -1,5 +1,161 @@
-"""CLI commands (placeholder until implemented)."""
+"""`kdlens recommend`: rank teacher checkpoints and show the sweet spot."""
 
 from __future__ import annotations
 
-from kdlens.cli._app import app  # noqa: F401
+import json
+import math
+from typing import Any
+
+import polars as pl
+import typer
+from rich.table import Table
+
+from kdlens.cli._app import app, console, handle_errors
+from kdlens.recommend import DEFAULT_TEMPERATURE, Recommendation, recommend
+
+
+@app.command("recommend")
+@handle_errors
+def recommend_cmd(
+    source: str = typer.Argument(
+        ...,
+        help="A logits store (file, directory or glob) or an analysis directory "
+        "with summary.parquet.",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print {recommended, ranking, probability_best} as JSON on stdout."
+    ),
+    top: int | None = typer.Option(None, "--top", min=1, help="Show only the best N checkpoints."),
+    temperature: float = typer.Option(
+        DEFAULT_TEMPERATURE,
+        "--temperature",
+        "-T",
+        help="Temperature of the soft-label signals (dark mass, OEMC, similarity): "
+        "your distillation T.",
+    ),
+    bootstrap: int = typer.Option(
+        200,
+        "--bootstrap",
+        "-B",
+        min=0,
+        help="Bootstrap replicates over examples (0 = no uncertainty).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+) -> None:
+    """Rank every checkpoint for distillation; exit 1 when there is nothing to rank."""
+    rec = recommend(source, temperature=temperature, n_bootstrap=bootstrap, seed=seed, top=top)
+    if as_json:
+        typer.echo(json.dumps(rec.to_dict(), indent=2, default=str))
+    else:
+        _render(rec)
+    if not rec.ok:
+        if as_json:
+            typer.echo(f"error: {rec.reason}", err=True)
+        raise typer.Exit(1)
+
+
+def _f(v: Any, fmt: str = "{:.4f}") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return fmt.format(v)
+
+
+def _render(rec: Recommendation) -> None:
+    console.print(
+        f"[bold]kdlens recommend[/] {rec.source}  (T = {rec.temperature:g}, "
+        f"bootstrap = {rec.n_bootstrap}, basis: {rec.basis})",
+        highlight=False,
+    )
+    t = Table(title="ranking (best first)")
+    cols = [
+        ("rank", "rank"),
+        ("run", "run"),
+        ("checkpoint", "checkpoint"),
+        ("batch", "batch_size"),
+        ("epoch", "epoch"),
+        ("score", "score"),
+        ("rank 95%", None),
+        ("P(best)", "probability_best"),
+        ("held-out acc", "accuracy_heldout"),
+        ("NLL fit", "nll_fit_heldout"),
+        ("dark mass (transfer)", "dark_mass_transfer"),
+        ("collapse", "collapse"),
+        ("SI (transfer)", "similarity_information_transfer"),
+        ("OEMC (transfer)", "oemc_share_transfer"),
+    ]
+    for name, _ in cols:
+        t.add_column(name, justify="left" if name in ("run", "checkpoint") else "right")
+    for r in rec.ranking.iter_rows(named=True):
+        interval = (
+            "-"
+            if r["rank_low"] is None or not math.isfinite(r["rank_low"])
+            else f"{r['rank_low']:.0f}-{r['rank_high']:.0f}"
+        )
+        t.add_row(
+            _f(r["rank"], "{}"),
+            r["run"],
+            r["checkpoint"],
+            _f(r["batch_size"], "{}"),
+            _f(r["epoch"], "{}"),
+            _f(r["score"]),
+            interval,
+            _f(r["probability_best"], "{:.2f}"),
+            _f(r["accuracy_heldout"], "{:.2%}"),
+            _f(r["nll_fit_heldout"]),
+            _f(r["dark_mass_transfer"], "{:.3g}"),
+            _f(r["collapse"], "{:.2f}"),
+            _f(r["similarity_information_transfer"], "{:.3g}"),
+            _f(r["oemc_share_transfer"], "{:.2f}"),
+            style="bold green" if r["rank"] == 1 else None,
+        )
+    console.print(t)
+    if rec.ok:
+        console.print(f"[bold green]recommended:[/] {rec.reason}", highlight=False)
+    else:
+        console.print(f"[bold red]nothing recommended:[/] {rec.reason}", highlight=False)
+    for a in rec.advice:
+        console.print(f"[bold cyan]next experiment:[/] {a}", highlight=False)
+    if rec.pareto.height and rec.ok:
+        p = Table(title="Pareto front: held-out accuracy vs transfer-split similarity information")
+        for c in ("run", "checkpoint", "held-out acc", "SI (transfer)", "rank"):
+            p.add_column(c)
+        for r in rec.pareto.iter_rows(named=True):
+            p.add_row(
+                r["run"],
+                r["checkpoint"],
+                _f(r["accuracy_heldout"], "{:.2%}"),
+                _f(r["similarity_information_transfer"], "{:.3g}"),
+                _f(r["rank"], "{}"),
+            )
+        console.print(p)
+    _render_map(rec.sweet_spot)
+    for n in rec.notes:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+    console.print(f"[dim]{rec.score_definition} (w = {rec.collapse_weight:g})[/]", highlight=False)
+
+
+def _render_map(sweet: pl.DataFrame) -> None:
+    if not sweet.height:
+        return
+    row_axis, col_axis = sweet["row_axis"][0], sweet["column_axis"][0]
+    rows = sorted(sweet["row"].unique().to_list())
+    cols = sorted(sweet["column"].unique().to_list())
+    m = Table(
+        title=f"sweet-spot map: score by {row_axis} x {col_axis} (* = recommended, . = missing)"
+    )
+    m.add_column(f"{row_axis} \\ {col_axis}", justify="right")
+    for c in cols:
+        m.add_column(str(c), justify="right")
+    cell = {(r["row"], r["column"]): r for r in sweet.iter_rows(named=True)}
+    for rv in rows:
+        out = []
+        for cv in cols:
+            r = cell.get((rv, cv))
+            if r is None or r["missing"]:
+                out.append("[dim].[/]")
+            elif r["recommended"]:
+                out.append(f"[bold green]*{r['score']:.4f}[/]")
+            else:
+                out.append(f"{r['score']:.4f}")
+        m.add_row(str(rv), *out)
+    console.print(m)
