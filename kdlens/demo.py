@@ -98,7 +98,7 @@ def run_demo(
 
     t = time.perf_counter()
     say("3/4 ranking checkpoints (bootstrap over examples)")
-    rec = recommend(out / "store", temperature=1.0, n_bootstrap=50 if quick else 200)
+    rec = recommend(out / "store", n_bootstrap=50 if quick else 200)
     rec_path = out / "recommendation.json"
     write_text_atomic(rec_path, rec.to_json(indent=2))
     seconds["recommend"] = time.perf_counter() - t

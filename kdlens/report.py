@@ -218,13 +218,12 @@ def collect_report_data(
     if not known:
         notes.append(
             "class names are not recorded in the input: classes are shown by index "
-            "(pass class_names= when writing the store to see names)"
+            "(record them with --classes on kdlens import, or class_names= when writing)"
         )
     if recommendation is None:
         recommendation = _recommend(
             st,
             summary,
-            t,
             n_bootstrap,
             notes,
             progress,
@@ -375,7 +374,6 @@ def _analyze(st: LogitsStore, temperature: float) -> Any:
 def _recommend(
     st: LogitsStore | None,
     summary: pl.DataFrame,
-    temperature: float,
     n_bootstrap: int,
     notes: list[str],
     progress: Progress,
@@ -387,9 +385,11 @@ def _recommend(
         return None
     progress("ranking checkpoints")
     try:
+        # The ranking score has its own, validated temperature (recommend's default);
+        # the analysis temperature only sets the soft-label charts.
         if st is not None and n_bootstrap > 0:
-            return recommend(st, temperature=temperature, n_bootstrap=n_bootstrap)
-        return recommend(summary, temperature=temperature, n_bootstrap=0)
+            return recommend(st, n_bootstrap=n_bootstrap)
+        return recommend(summary, n_bootstrap=0)
     except KdlensError as exc:
         notes.append(f"no recommendation: {exc}")
         return None

@@ -67,47 +67,51 @@ def _render(rec: Recommendation) -> None:
         highlight=False,
     )
     t = Table(title="ranking (best first)")
-    cols = [
-        ("rank", "rank"),
-        ("run", "run"),
-        ("checkpoint", "checkpoint"),
-        ("batch", "batch_size"),
-        ("epoch", "epoch"),
-        ("score", "score"),
-        ("rank 95%", None),
-        ("P(best)", "probability_best"),
-        ("held-out acc", "accuracy_heldout"),
-        ("NLL fit", "nll_fit_heldout"),
-        ("dark mass (transfer)", "dark_mass_transfer"),
-        ("collapse", "collapse"),
-        ("SI (transfer)", "similarity_information_transfer"),
-        ("OEMC (transfer)", "oemc_share_transfer"),
-    ]
-    for name, _ in cols:
-        t.add_column(name, justify="left" if name in ("run", "checkpoint") else "right")
-    for r in rec.ranking.iter_rows(named=True):
-        interval = (
-            "-"
-            if r["rank_low"] is None or not math.isfinite(r["rank_low"])
-            else f"{r['rank_low']:.0f}-{r['rank_high']:.0f}"
+    # Essential columns always; the signals behind the score only where they fit.
+    wide = console.width >= 140
+    cols = ["rank", "run/checkpoint", "batch", "epoch", "score", "P(best)", "held-out acc"]
+    if wide:
+        cols += [
+            "rank 95%",
+            "NLL fit",
+            "dark mass (transfer)",
+            "collapse",
+            "SI (transfer)",
+            "OEMC (transfer)",
+        ]
+    else:
+        t.caption = "more signals in a terminal >= 140 columns wide, or with --json"
+    for name in cols:
+        t.add_column(
+            name,
+            justify="left" if name == "run/checkpoint" else "right",
+            no_wrap=name == "run/checkpoint",
         )
-        t.add_row(
+    for r in rec.ranking.iter_rows(named=True):
+        cells = [
             _f(r["rank"], "{}"),
-            r["run"],
-            r["checkpoint"],
+            f"{r['run']}/{r['checkpoint']}",
             _f(r["batch_size"], "{}"),
             _f(r["epoch"], "{}"),
             _f(r["score"]),
-            interval,
             _f(r["probability_best"], "{:.2f}"),
             _f(r["accuracy_heldout"], "{:.2%}"),
-            _f(r["nll_fit_heldout"]),
-            _f(r["dark_mass_transfer"], "{:.3g}"),
-            _f(r["collapse"], "{:.2f}"),
-            _f(r["similarity_information_transfer"], "{:.3g}"),
-            _f(r["oemc_share_transfer"], "{:.2f}"),
-            style="bold green" if r["rank"] == 1 else None,
-        )
+        ]
+        if wide:
+            interval = (
+                "-"
+                if r["rank_low"] is None or not math.isfinite(r["rank_low"])
+                else f"{r['rank_low']:.0f}-{r['rank_high']:.0f}"
+            )
+            cells += [
+                interval,
+                _f(r["nll_fit_heldout"]),
+                _f(r["dark_mass_transfer"], "{:.3g}"),
+                _f(r["collapse"], "{:.2f}"),
+                _f(r["similarity_information_transfer"], "{:.3g}"),
+                _f(r["oemc_share_transfer"], "{:.2f}"),
+            ]
+        t.add_row(*cells, style="bold green" if r["rank"] == 1 else None)
     console.print(t)
     if rec.ok:
         console.print(f"[bold green]recommended:[/] {rec.reason}", highlight=False)
