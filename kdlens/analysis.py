@@ -19,7 +19,9 @@ Conventions: soft-label quantities (entropy, dark mass, S, SI, II, OEMC) are at
 the requested temperature T, recorded in every table; accuracy, NLL, margin and
 ECE are at T = 1 (the teacher's own predictions). ``fitted_temperature`` is the
 T minimising held-out NLL, fitted on the ``val`` split of the same checkpoint
-when the analysis covers one (``fitted_temperature_split`` says which split).
+when the analysis covers one (``fitted_temperature_split`` says which split);
+``nll_fitted`` is each split's NLL at that temperature (on the fit's id-hashed sample
+of at most ``max(2000, 2e6 / K)`` examples, the whole split when smaller).
 ``reference_kl`` is ``KL(p_ref || p_T)`` averaged over examples.
 """
 
@@ -432,6 +434,9 @@ def _fill_fitted_temperature(outs: list[_PartOut]) -> None:
                     fitted[key + (split,)] = o.tfit.finalize()
                 o.row["fitted_temperature"] = fitted[key + (split,)]
                 o.row["fitted_temperature_split"] = split
+            # NLL after the temperature fit (what `recommend` ranks by), on the same
+            # id-hashed sample the fit uses.
+            o.row["nll_fitted"] = o.tfit.nll_at(o.row["fitted_temperature"])
 
 
 def _iter_checked(

@@ -263,3 +263,9 @@ class TemperatureFitAccumulator:
         if self.n == 0:
             return float("nan")
         return _compute_fit_temperature(self._z, self._y, bounds)
+
+    def nll_at(self, temperature: float) -> float:
+        """Mean NLL of the retained sample at ``temperature`` (NaN when it is empty)."""
+        if self.n == 0 or not np.isfinite(temperature):
+            return float("nan")
+        return nll_loss(self._z, self._y, temperature=temperature)

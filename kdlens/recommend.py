@@ -536,8 +536,11 @@ def _summary_signals(
         temps = sorted({float(t) for t in summary["temperature"].drop_nulls().to_list()})
         if temps and not any(math.isclose(t, temperature) for t in temps):
             notes.append(
-                f"the analysis was computed at T={temps[0]:g}, not {temperature:g}: "
-                "its signals are used as is"
+                f"the analysis was computed at T={temps[0]:g}, not {temperature:g}: the collapse "
+                "term is left out (measured at another T it misranks; see "
+                "examples/VALIDATION.md), so this ranks by held-out NLL after a temperature "
+                f"fit alone; for the full score run `kdlens analyze -T {temperature:g}` or "
+                "recommend on the store"
             )
             temperature = temps[0]
     splits = set(summary["split"].unique().to_list())
@@ -696,7 +699,10 @@ def recommend(
     label = source if isinstance(source, str) else getattr(source, "source", type(source).__name__)
     summary = _as_summary(source)
     if summary is not None:
-        signals, notes = _summary_signals(summary, temperature=float(temperature))
+        score_t = float(temperature)
+        signals, notes = _summary_signals(summary, temperature=score_t)
+        if signals.height and not math.isclose(float(signals["temperature"][0]), score_t):
+            collapse_weight = 0.0
         if n_bootstrap:
             notes.append("an analysis summary has no per-example values: no bootstrap, no P(best)")
         n_bootstrap = 0

@@ -295,3 +295,15 @@ def test_two_classes_are_degenerate_not_errors(tmp_path):
     row = analyze(tmp_path / "s.parquet", n_permutations=10).summary.row(0, named=True)
     assert row["similarity_information"] == 0.0 and row["instance_information"] == 0.0
     assert row["nontarget_entropy_normalized"] == 0.0 and row["structure_p_value"] == 1.0
+
+
+def test_nll_fitted_is_the_nll_at_the_fitted_temperature(tmp_path):
+    from kdlens.calibration import nll_loss
+
+    z, y = inputs.random_teacher(n=400, k=6, scale=4.0)
+    write_logits(tmp_path / "s.parquet", z, split="val", run="r", checkpoint="c", labels=y)
+    row = analyze(tmp_path / "s.parquet", n_permutations=0).summary.row(0, named=True)
+    t = row["fitted_temperature"]
+    assert t > 1.0  # an over-confident teacher is softened
+    assert row["nll_fitted"] == pytest.approx(nll_loss(z, y, temperature=t), rel=1e-9)
+    assert row["nll_fitted"] < nll_loss(z, y, temperature=1.0)

@@ -80,7 +80,7 @@ SWEET = {
 }
 
 
-def _summary(rows):
+def _summary(rows, temperature=4.0):
     """A synthetic ``analyze`` summary: rows of (run, ck, bs, ep, acc_val, dm_val, dm_train)."""
     out = []
     for run, ck, bs, ep, acc, dm_v, dm_t in rows:
@@ -91,7 +91,7 @@ def _summary(rows):
             "step": None,
             "batch_size": bs,
             "n": 100,
-            "temperature": 1.0,
+            "temperature": temperature,
             "nll": 1 - acc,
             "entropy": dm_v,
             "oemc_share": 0.5,
@@ -147,6 +147,16 @@ def test_summary_ranking_known_answer():
     rec0 = recommend(_summary(rows), n_bootstrap=0, collapse_weight=0.0)
     assert rec0.recommended is not None and rec0.recommended["checkpoint"] == "late"
     assert "no bootstrap" in rec.reason.lower() or any("bootstrap" in n for n in rec.notes)
+
+
+def test_summary_at_another_temperature_drops_the_collapse_term():
+    rows = [
+        ("r", "mid", 64, 4, 0.90, 0.3, 0.25),
+        ("r", "late", 64, 16, 0.92, 0.2, 0.2 * math.exp(-5)),
+    ]
+    rec = recommend(_summary(rows, temperature=1.0), n_bootstrap=0, collapse_weight=0.02)
+    assert rec.recommended is not None and rec.recommended["checkpoint"] == "late"
+    assert any("collapse term is left out" in n for n in rec.notes)
 
 
 def test_store_ranking_finds_sweet_spot(tmp_path):
