@@ -454,7 +454,7 @@ def _iter_checked(
     bad_rows = unlabeled = rows = 0
     first_bad: int | None = None
     failing = False
-    for b in st.iter_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows):
+    for b in st.prefetch_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows):
         advance(len(b))
         rows += len(b)
         finite = np.isfinite(b.logits).all(axis=1)

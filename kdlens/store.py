@@ -423,6 +423,21 @@ class LogitsStore:
                     if rb.num_rows:
                         yield _to_batch(rb, k, part.file)
 
+    def prefetch_batches(
+        self,
+        run: str,
+        checkpoint: str,
+        split: str,
+        *,
+        batch_rows: int | None = None,
+    ) -> Iterator[Batch]:
+        """:meth:`iter_batches`, reading the next batch in a background thread.
+
+        Parquet decoding and numpy both release the GIL, so reading overlaps the
+        caller's computation; at most two batches are in memory at once.
+        """
+        return _prefetch(self.iter_batches(run, checkpoint, split, batch_rows=batch_rows))
+
     def load(self, run: str, checkpoint: str, split: str) -> Batch:
         """All rows of one part as arrays (use :meth:`iter_batches` for large parts)."""
         batches = list(self.iter_batches(run, checkpoint, split))
@@ -440,6 +455,43 @@ class LogitsStore:
             f"LogitsStore({self.source!r}, K={self.num_classes}, "
             f"checkpoints={len(self.keys())}, parts={len(self.parts)})"
         )
+
+
+def _prefetch(it: Iterator[Batch]) -> Iterator[Batch]:
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="kdlens-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early: let the reader thread end
 
 
 def _num(x: int | None) -> float:

@@ -94,3 +94,38 @@ def test_data_schema_readme_example_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.py")), ids=lambda p: p.name)
 def test_examples_have_a_docstring(path: Path) -> None:
     assert path.read_text().lstrip().startswith(('"""', "#!")), f"{path.name}: say what it does"
+
+
+def test_own_training_loop_example_runs(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "mine"
+    res = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "own_training_loop.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = kdlens.validate(out)
+    assert report.ok and report.checkpoints >= 2, report.problems
+
+
+def test_gpu_benchmark_example_runs_tiny_on_cpu(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    cmd = [
+        sys.executable,
+        str(REPO / "examples" / "gpu_resnet20_bench.py"),
+        "--device",
+        "cpu",
+        "--n",
+        "128",
+        "--steps",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "samples/s" in res.stdout

@@ -234,3 +234,30 @@ def test_example_store_matches_documented_schema() -> None:
         assert pq.ParquetFile(path).schema_arrow.remove_metadata() == actual.remove_metadata()
         meta = json.loads(pq.ParquetFile(path).schema_arrow.metadata[METADATA_KEY])
         jsonschema.validate(meta, meta_schema)
+
+
+def test_prefetch_yields_the_same_batches_and_stops_early(tmp_path: Path) -> None:
+    z = np.random.default_rng(2).normal(size=(1000, 4)).astype(np.float32)
+    write_logits(tmp_path / "p.parquet", z, split="train", run="r", checkpoint="c")
+    store = open_store(tmp_path)
+    plain = [b.logits for b in store.iter_batches("r", "c", "train", batch_rows=100)]
+    fetched = [b.logits for b in store.prefetch_batches("r", "c", "train", batch_rows=100)]
+    assert len(fetched) == len(plain) == 10
+    for a, b in zip(plain, fetched, strict=True):
+        np.testing.assert_array_equal(a, b)
+    it = store.prefetch_batches("r", "c", "train", batch_rows=100)
+    next(it)
+    it.close()  # a consumer that stops early must not hang the reader thread
+
+
+def test_prefetch_reraises_reader_errors(tmp_path: Path, monkeypatch) -> None:
+    write_logits(tmp_path / "p.parquet", np.zeros((10, 3)), split="t", run="r", checkpoint="c")
+    store = open_store(tmp_path)
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise StoreError("disk on fire")
+
+    monkeypatch.setattr(store, "iter_batches", broken)
+    with pytest.raises(StoreError, match="disk on fire"):
+        list(store.prefetch_batches("r", "c", "t"))
