@@ -307,3 +307,18 @@ def test_nll_fitted_is_the_nll_at_the_fitted_temperature(tmp_path):
     assert t > 1.0  # an over-confident teacher is softened
     assert row["nll_fitted"] == pytest.approx(nll_loss(z, y, temperature=t), rel=1e-9)
     assert row["nll_fitted"] < nll_loss(z, y, temperature=1.0)
+
+
+def test_two_workers_match_one_and_are_deterministic(tmp_path, monkeypatch):
+    import kdlens.analysis as an
+
+    z, y = inputs.random_teacher(n=3000, k=7)
+    write_logits(tmp_path / "w.parquet", z, split="train", run="r", checkpoint="c", labels=y)
+    kw = {"n_permutations": 50, "batch_rows": 256}
+    two_a = an.analyze(tmp_path / "w.parquet", **kw).summary
+    two_b = an.analyze(tmp_path / "w.parquet", **kw).summary
+    assert two_a.equals(two_b)  # batch i always goes to worker i mod 2: no timing effects
+    monkeypatch.setattr(an, "_WORKERS", 1)
+    one = an.analyze(tmp_path / "w.parquet", **kw).summary
+    for col in ("accuracy", "entropy", "dark_mass", "similarity_information", "ece", "nll"):
+        assert two_a[col][0] == pytest.approx(one[col][0], rel=1e-12), col
