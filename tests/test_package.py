@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -128,4 +129,6 @@ def test_gpu_benchmark_example_runs_tiny_on_cpu(tmp_path: Path) -> None:
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "samples/s" in res.stdout
+    out = json.loads(res.stdout)
+    assert out["device"] == "cpu" and out["train_samples_per_s"] > 0
+    assert 0 <= out["dump_overhead"] < 1
