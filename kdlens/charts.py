@@ -44,6 +44,13 @@ TRAJECTORY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("oemc_share", "OEMC share", "both"),
 )
 
+#: Why the sweet-spot map and the trajectories are absent for checkpoints without epochs.
+NO_TRAINING_TIME = (
+    "the checkpoints record no epoch (or step), so there is {what}: "
+    "models imported with kdlens import carry none. Dump checkpoints along training with "
+    "kdlens dump (or pass epoch= and batch_size= to kdlens.store.CheckpointWriter)"
+)
+
 _WIDTH = 260  # one small-multiple panel; three fit a 1000 px column
 
 
@@ -67,8 +74,14 @@ def _with_teacher(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _values(df: pl.DataFrame) -> alt.Data:
-    """Inline JSON rows; NaN/inf become null (JSON has no NaN, Vega skips nulls)."""
+def _values(df: pl.DataFrame) -> dict[str, Any]:
+    """Inline JSON rows; NaN/inf become null (JSON has no NaN, Vega skips nulls).
+
+    A plain ``{"values": rows}`` rather than ``alt.Data``: altair then moves the rows
+    to the spec's top-level ``datasets`` (once, however many layers share them)
+    instead of validating every row against the schema, which took seconds for
+    the 10,000-cell matrices of K = 100.
+    """
     floats = [c for c, t in df.schema.items() if t in (pl.Float32, pl.Float64)]
     if floats:
         df = df.with_columns(
@@ -77,7 +90,7 @@ def _values(df: pl.DataFrame) -> alt.Data:
                 for c in floats
             ]
         )
-    return alt.Data(values=df.to_dicts())
+    return {"values": df.to_dicts()}
 
 
 def _need(df: pl.DataFrame | None, columns: Sequence[str], what: str) -> pl.DataFrame:
@@ -91,19 +104,37 @@ def _need(df: pl.DataFrame | None, columns: Sequence[str], what: str) -> pl.Data
     return df
 
 
-def _axis_of(df: pl.DataFrame) -> tuple[str, str]:
-    """The training-time axis: epoch when known, else step, else checkpoint order."""
+def _axis_of(df: pl.DataFrame) -> tuple[str, str] | None:
+    """The training-time axis: epoch when recorded, else step, else ``None``.
+
+    Checkpoint names or file order are no time axis: imported models
+    (``kdlens import``) record neither, and joining them with lines would draw a
+    trajectory that does not exist.
+    """
     for name, title in (("epoch", "epoch"), ("step", "step")):
         if name in df.columns and df[name].null_count() < df.height:
             return name, title
-    return "checkpoint_index", "checkpoint (in order)"
+    return None
 
 
-def _with_time(df: pl.DataFrame) -> tuple[pl.DataFrame, str, str]:
-    col, title = _axis_of(df)
-    if col == "checkpoint_index":
-        df = df.with_columns(pl.int_range(pl.len()).over("run").alias("checkpoint_index"))
-    return df, col, title
+def _integer_valued(values: pl.Series) -> bool:
+    v = values.drop_nulls().cast(pl.Float64).to_numpy()
+    return bool(v.size) and bool(np.all(np.isfinite(v) & (v == np.round(v))))
+
+
+def _time_axis(values: pl.Series, title: str) -> alt.Axis:
+    """Integer ticks for integer epochs/steps (no epoch 1.5 between 1 and 2).
+
+    Over a short span every integer is a tick (``tickMinStep`` alone still lets
+    Vega put a tick at 1.5, printed "2"); over a longer one Vega's nice steps
+    are integers anyway.
+    """
+    if not _integer_valued(values):
+        return alt.Axis(title=title)
+    lo, hi = int(values.min()), int(values.max())  # type: ignore[arg-type]
+    if hi - lo <= 10:
+        return alt.Axis(title=title, values=list(range(lo, hi + 1)), format="d")
+    return alt.Axis(title=title, tickMinStep=1, format="d")
 
 
 def _group_of(df: pl.DataFrame) -> tuple[str, str]:
@@ -131,6 +162,8 @@ def sweet_spot_chart(
     students : optional (run, checkpoint, student_accuracy) from a validation
         experiment; its values are printed in the cells.
     """
+    if sweet_spot is not None and sweet_spot.height == 0:
+        raise ChartUnavailable(NO_TRAINING_TIME.format(what="no batch size × epoch grid to map"))
     df = _need(sweet_spot, ["row", "column", "score"], "sweet-spot map")
     cells = df.filter(pl.col("score").is_not_null())
     if cells.height < 2:
@@ -225,9 +258,20 @@ def trajectory_chart(
     n_teachers = df.select(["run", "checkpoint"]).unique().height
     if n_teachers < 2:
         raise ChartUnavailable("trajectories need at least two checkpoints; this input has one")
-    df, tcol, ttitle = _with_time(
-        df.sort(["run", *[c for c in ("epoch", "step") if c in df.columns]])
-    )
+    axis = _axis_of(df)
+    if axis is None:
+        raise ChartUnavailable(NO_TRAINING_TIME.format(what="no training time to draw them over"))
+    tcol, ttitle = axis
+    timed = df.filter(pl.col(tcol).is_not_null())
+    counts = timed.group_by("run").agg(pl.col(tcol).n_unique().alias("n"))
+    keep = sorted(counts.filter(pl.col("n") >= 2)["run"].to_list(), key=_natural)
+    if not keep:
+        raise ChartUnavailable(
+            f"trajectories need at least two checkpoints with an {tcol} in one run; "
+            f"no run here has two (runs: {', '.join(map(str, sorted(set(df['run'].to_list()))))})"
+        )
+    left_out = sorted(set(df["run"].to_list()) - set(keep), key=_natural)
+    df = timed.filter(pl.col("run").is_in(keep)).sort(["run", tcol])
     gcol, gtitle = _group_of(df)
     frames = []
     for metric, title, role in TRAJECTORY_METRICS:
@@ -262,7 +306,7 @@ def trajectory_chart(
     groups = sorted(long["group"].unique().to_list(), key=_natural)
     split_order = [s for s in (transfer_split, heldout_split) if s is not None]
     base = alt.Chart().encode(
-        x=alt.X("time:Q", title=ttitle),
+        x=alt.X("time:Q", axis=_time_axis(long["time"], ttitle)),
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
         color=alt.Color("group:N", title=gtitle, sort=groups),
         strokeDash=alt.StrokeDash("split:N", title="split", sort=split_order),
@@ -279,12 +323,24 @@ def trajectory_chart(
             alt.Tooltip("value:Q", format=".4f"),
         ]
     )
-    return (
+    chart = (
         alt.layer(lines, points, data=_values(long))
         .properties(width=_WIDTH, height=170)
         .facet(facet=alt.Facet("metric:N", title=None, sort=order), columns=3)
         .resolve_scale(y="independent")
     )
+    if left_out:
+        shown = ", ".join(map(str, left_out[:8])) + (" ..." if len(left_out) > 8 else "")
+        chart = chart.properties(
+            title=alt.Title(
+                f"Left out (no {tcol} recorded, or a single checkpoint): {shown}",
+                fontSize=12,
+                fontWeight="normal",
+                anchor="start",
+                color="#8a5a00",
+            )
+        )
+    return chart
 
 
 # --------------------------------------------------------------------------- classes
@@ -395,6 +451,21 @@ def class_layout(S: np.ndarray, *, iterations: int = 200) -> np.ndarray:
     return X / (np.abs(X).max() or 1.0)
 
 
+#: Largest K whose class names label the heatmap's axes.
+MAX_AXIS_LABELS = 32
+#: Largest number of class names written next to the graph's nodes (the rest on tooltips).
+MAX_NODE_LABELS = 25
+#: Plot side of the heatmap with and without axis labels: with its axes and legend the
+#: chart then fits a half-width report card (about 550 px of content).
+_HEATMAP_SIDE = (380, 420)
+
+
+def _heatmap_side(k: int) -> int:
+    """Width (= height) in px of the K x K heatmap: 28 px cells, shrunk to fit a card."""
+    cap = _HEATMAP_SIDE[0] if k <= MAX_AXIS_LABELS else _HEATMAP_SIDE[1]
+    return int(min(28 * max(k, 1), cap))
+
+
 def similarity_heatmap(
     similarity: pl.DataFrame,
     *,
@@ -429,20 +500,20 @@ def similarity_heatmap(
         .select("teacher", "from", "to", "weight")
     )
     k = len(class_names)
-    cell = max(6, min(28, 560 // max(k, 1)))
+    side = _heatmap_side(k)
+    if k <= MAX_AXIS_LABELS:
+        font = 11 if k <= 20 else 9
+        x_axis = alt.Axis(title="non-target class j", labelAngle=-60, labelFontSize=font)
+        y_axis = alt.Axis(title="true class c", labelFontSize=font)
+    else:  # too many to read: names are on the tooltip
+        x_axis = alt.Axis(title="non-target class j (hover for names)", labels=False, ticks=False)
+        y_axis = alt.Axis(title="true class c", labels=False, ticks=False)
     chart = (
         alt.Chart(_values(df))
         .mark_rect()
         .encode(
-            x=alt.X(
-                "to:N",
-                sort=names,
-                title="non-target class j",
-                axis=alt.Axis(labelAngle=-60) if k <= 40 else alt.Axis(labels=False, ticks=False),
-            ),
-            y=alt.Y(
-                "from:N", sort=names, title="true class c", axis=None if k > 40 else alt.Axis()
-            ),
+            x=alt.X("to:N", sort=names, axis=x_axis),
+            y=alt.Y("from:N", sort=names, axis=y_axis),
             color=alt.Color(
                 "weight:Q", title="S[c, j]", scale=alt.Scale(scheme="blues", type="sqrt")
             ),
@@ -453,7 +524,7 @@ def similarity_heatmap(
                 alt.Tooltip("weight:Q", format=".4f", title="S[c, j]"),
             ],
         )
-        .properties(width=cell * k, height=cell * k)
+        .properties(width=side, height=side)
     )
     if len(teachers) > 1:
         pick = alt.param(
@@ -513,6 +584,21 @@ def similarity_graph_chart(
             "weight": w,
         }
     )
+    strength = np.zeros(k)
+    np.add.at(strength, s, w)
+    np.add.at(strength, t, w)
+    n_labels = min(k, MAX_NODE_LABELS)
+    labelled = np.zeros(k, dtype=bool)
+    # stable: ties keep class order, so the labels are the same on every run
+    labelled[np.argsort(-strength, kind="stable")[:n_labels]] = True
+    nodes = nodes.with_columns(
+        pl.Series(
+            "label", [n if lab else "" for n, lab in zip(class_names, labelled, strict=True)]
+        ),
+        pl.Series("strength", strength),
+    )
+    clusters_sorted = sorted(set(nodes["cluster"].to_list()), key=_cluster_key)
+    node_size = float(max(45, min(220, 220 * 20 / max(k, 1))))
     pad = 0.08 * float(np.ptp(positions) or 1.0)
     xs = alt.Scale(domain=[float(positions[:, 0].min() - pad), float(positions[:, 0].max() + pad)])
     ys = alt.Scale(domain=[float(positions[:, 1].min() - pad), float(positions[:, 1].max() + pad)])
@@ -540,12 +626,40 @@ def similarity_graph_chart(
     node_base = alt.Chart(_values(nodes)).encode(
         x=alt.X("x:Q", scale=xs, axis=None), y=alt.Y("y:Q", scale=ys, axis=None)
     )
-    dots = node_base.mark_circle(size=220, opacity=0.95, stroke="white", strokeWidth=1).encode(
-        color=alt.Color("cluster:N", legend=alt.Legend(title="cluster", orient="right")),
-        tooltip=[alt.Tooltip("class:N"), alt.Tooltip("cluster:N")],
+    dots = node_base.mark_circle(
+        size=node_size, opacity=0.95, stroke="white", strokeWidth=1
+    ).encode(
+        color=alt.Color(
+            "cluster:N", sort=clusters_sorted, legend=alt.Legend(title="cluster", orient="right")
+        ),
+        tooltip=[
+            alt.Tooltip("class:N"),
+            alt.Tooltip("cluster:N"),
+            alt.Tooltip("strength:Q", format=".3f", title="edge weight sum"),
+        ],
     )
-    labels = node_base.mark_text(dy=-14, fontSize=11, fontWeight="bold").encode(text="class:N")
-    return alt.layer(rule, dots, labels).properties(width=400, height=380, title=alt.Title(title))
+    labels = (
+        node_base.transform_filter("datum.label != ''")
+        .mark_text(
+            dy=-(math.sqrt(node_size) / 2 + 7),
+            fontSize=11 if k <= MAX_NODE_LABELS else 10,
+            fontWeight="bold",
+        )
+        .encode(text="label:N")
+    )
+    subtitle = (
+        f"names of the {n_labels} best-connected of {k} classes; hover a node for the others"
+        if n_labels < k
+        else ""
+    )
+    return alt.layer(rule, dots, labels).properties(
+        width=400, height=380, title=alt.Title(title, subtitle=subtitle or alt.Undefined)
+    )
+
+
+def _cluster_key(name: str) -> tuple[float, str]:
+    """``"cluster 2"`` before ``"cluster 10"``."""
+    return _natural(name.rsplit(" ", 1)[-1])
 
 
 # --------------------------------------------------------------------------- pareto
@@ -570,6 +684,11 @@ def pareto_chart(
     if y not in df.columns or df[y].null_count() == df.height:
         y = "dark_mass_transfer"
     _need(df, [x, y], "Pareto chart")
+    for col, split in ((y, "transfer split ('train')"), (x, "held-out split (val or test)")):
+        if not df[col].cast(pl.Float64).is_finite().any():
+            raise ChartUnavailable(
+                f"the Pareto front needs {col}, measured on the {split}, which this input lacks"
+            )
     df = df.filter(pl.col(x).is_not_null() & pl.col(y).is_not_null())
     df = df.filter(pl.col(x).is_finite() & pl.col(y).is_finite())
     if df.height < 2:
@@ -636,8 +755,8 @@ def pareto_chart(
         size=400, color="#e4572e", strokeWidth=3
     )
     return alt.layer(line, dots, ring).properties(
-        width=520,
-        height=340,
+        width=380,
+        height=320,
         title="Pareto front: accurate and still carrying similarity information",
     )
 

@@ -74,6 +74,10 @@ _ENTROPY_BINS = 25
 #: Permutations of the structure test when the report analyses a store itself.
 N_PERMUTATIONS = 200
 _MAX_DETAIL_TEACHERS = 4
+#: How to give the report its logits store, for CLI and Python users alike.
+_STORE_HINT = (
+    "pass it with kdlens report ANALYSIS_DIR --store STORE (store= in kdlens.report.build_report)"
+)
 
 Progress = Callable[[str], None]
 
@@ -111,6 +115,7 @@ class ReportData:
     focus: tuple[str, str] | None = None
     notes: list[str] = field(default_factory=list)
     title: str = "kdlens report"
+    has_store: bool = False
 
     @property
     def splits(self) -> list[str]:
@@ -218,7 +223,8 @@ def collect_report_data(
     if not known:
         notes.append(
             "class names are not recorded in the input: classes are shown by index "
-            "(record them with --classes on kdlens import, or class_names= when writing)"
+            "(record them with --classes NAMES.txt on kdlens import, or class_names= of "
+            "kdlens.store.CheckpointWriter)"
         )
     if recommendation is None:
         recommendation = _recommend(
@@ -249,6 +255,7 @@ def collect_report_data(
     )
     data.focus = _choose_focus(data, checkpoint)
     data.detail_teachers = _detail_teachers(data)
+    data.has_store = st is not None
     if st is not None:
         progress(
             "reliability and entropy distributions of "
@@ -270,7 +277,8 @@ def collect_report_data(
         data.notes.append(
             "no logits store was given: the per-example entropy distributions"
             + ("" if data.reliability is not None else " and the reliability diagram")
-            + " need one (kdlens report ANALYSIS_DIR --store STORE)"
+            + " need one: "
+            + _STORE_HINT
         )
     return data
 
@@ -387,8 +395,8 @@ def _recommend(
     try:
         # The ranking score has its own, validated temperature (recommend's default);
         # the analysis temperature only sets the soft-label charts.
-        if st is not None and n_bootstrap > 0:
-            return recommend(st, n_bootstrap=n_bootstrap)
+        if st is not None:  # the exact score; a summary at another T drops the collapse term
+            return recommend(st, n_bootstrap=max(0, int(n_bootstrap)))
         return recommend(summary, n_bootstrap=0)
     except KdlensError as exc:
         notes.append(f"no recommendation: {exc}")
@@ -606,7 +614,8 @@ def report_charts(data: ReportData) -> list[Section]:
     add(
         "trajectories",
         "Trajectories over training",
-        f"Per batch size. Accuracy on the held-out split ({data.heldout_split or 'none'}); "
+        f"Per {_group_word(data.summary)}. "
+        f"Accuracy on the held-out split ({data.heldout_split or 'none'}); "
         f"soft-label metrics at T = {data.temperature:g} on the transfer split "
         f"({data.transfer_split or 'none'}, solid) and the held-out split (dashed): a teacher "
         "that memorises its training examples keeps held-out accuracy but loses dark mass and "
@@ -672,7 +681,9 @@ def report_charts(data: ReportData) -> list[Section]:
 
     def reliability() -> Any:
         if data.reliability is None:
-            raise ChartUnavailable("needs the logits store (and a labelled held-out split)")
+            if data.has_store:
+                raise ChartUnavailable("the store has no labelled held-out split (val or test)")
+            raise ChartUnavailable("needs the logits store: " + _STORE_HINT)
         return reliability_chart(data.reliability, n_bins=data.n_bins or 15)
 
     add(
@@ -686,7 +697,9 @@ def report_charts(data: ReportData) -> list[Section]:
 
     def entropy() -> Any:
         if data.entropy_hist is None:
-            raise ChartUnavailable("needs the logits store (and a labelled transfer split)")
+            if data.has_store:
+                raise ChartUnavailable("the store has no labelled split to histogram")
+            raise ChartUnavailable("needs the logits store: " + _STORE_HINT)
         return entropy_chart(
             data.entropy_hist, split=data.transfer_split or data.heldout_split or ""
         )
@@ -699,6 +712,11 @@ def report_charts(data: ReportData) -> list[Section]:
         entropy,
     )
     return sections
+
+
+def _group_word(summary: pl.DataFrame) -> str:
+    has_bs = "batch_size" in summary.columns and summary["batch_size"].null_count() < summary.height
+    return "batch size" if has_bs else "run"
 
 
 def _focus_matrix(

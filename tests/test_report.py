@@ -17,7 +17,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kdlens.charts import ChartUnavailable, class_layout, class_order, sweet_spot_chart
+from kdlens.charts import (
+    MAX_NODE_LABELS,
+    ChartUnavailable,
+    class_layout,
+    class_order,
+    similarity_graph_chart,
+    similarity_heatmap,
+    sweet_spot_chart,
+    trajectory_chart,
+)
 from kdlens.errors import InputError
 from kdlens.report import (
     build_report,
@@ -89,6 +98,30 @@ def build_fixture(
     )
     result.write(ana)
     return store, ana
+
+
+def write_imported_store(
+    root: Path, *, k: int = 6, n: int = 120, models: tuple[str, ...] = ("zeta", "alpha", "mid")
+) -> Path:
+    """A store as ``kdlens import`` writes it: models with no epoch, step or batch size.
+
+    One ``test`` split, K classes in blocks of ten (or of three for small K) that
+    the teachers confuse; the models are named out of quality order.
+    """
+    from kdlens.store import CheckpointWriter
+
+    block = 10 if k >= 20 else 3
+    for i, model in enumerate(models):
+        rng = np.random.default_rng(i)
+        y = rng.permutation(np.arange(n) % k)
+        z = rng.normal(0, 0.4, size=(n, k))
+        z += np.where((np.arange(k) // block)[None, :] == (y // block)[:, None], 1.5, 0.0)
+        z[np.arange(n), y] += 2.0 + i
+        with CheckpointWriter(
+            root / f"{model}.parquet", run="imported", checkpoint=model, num_classes=k
+        ) as w:
+            w.write(z.astype(np.float32), split="test", labels=y, example_ids=np.arange(n))
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +241,11 @@ def test_structure_verdicts(fixture_dirs: tuple[Path, Path], tmp_path: Path) -> 
     assert "regularization effect only" in text  # p = 0.5/(1+ep) >= 0.05 on train at early epochs
     assert "knowledge to distill" in text  # p = 0.004 on test
     assert "needs the logits store" in text  # no store: says so instead of drawing empty charts
+    # ... and how to give one, to CLI and Python users alike
+    data = collect_report_data(ana, n_bootstrap=0)
+    why = next(s.unavailable for s in report_charts(data) if s.key == "entropy") or ""
+    assert "--store STORE" in why and "store=" in why, why
+    assert any("--store STORE" in n and "store=" in n for n in data.notes), data.notes
 
 
 def test_class_names_missing_fall_back_to_indices(tmp_path: Path) -> None:
@@ -217,6 +255,7 @@ def test_class_names_missing_fall_back_to_indices(tmp_path: Path) -> None:
     assert not data.class_names_known
     text = render_report(data)
     assert "class names are not recorded" in text
+    assert "--classes" in text and "kdlens import" in text and "class_names=" in text
 
 
 def test_one_checkpoint_says_so(tmp_path: Path) -> None:
@@ -316,3 +355,123 @@ def test_export_png_and_svg(sections: Any, tmp_path: Path) -> None:
     png = (tmp_path / "png" / "graph.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
     assert "<svg" in (tmp_path / "png" / "graph.svg").read_text()[:500]
+
+
+def _chart_data(spec: Any) -> list[dict[str, Any]]:
+    """Every inline data row of a spec (top-level datasets, layers, facets)."""
+    rows: list[dict[str, Any]] = []
+    if isinstance(spec, dict):
+        for values in (spec.get("datasets") or {}).values():
+            rows += values
+        data = spec.get("data")
+        if isinstance(data, dict) and isinstance(data.get("values"), list):
+            rows += data["values"]
+        for v in spec.values():
+            rows += _chart_data(v)
+    elif isinstance(spec, list):
+        for v in spec:
+            rows += _chart_data(v)
+    return rows
+
+
+def test_models_without_epochs_get_no_trajectory_or_map(tmp_path: Path) -> None:
+    # imported models: joining them in name order with lines would invent a training run
+    store = write_imported_store(tmp_path / "store", n=60)
+    data = collect_report_data(store, n_bootstrap=0)
+    secs = {s.key: s for s in report_charts(data)}
+    for key in ("trajectories", "sweet_spot"):
+        why = secs[key].unavailable or ""
+        assert secs[key].chart is None, key
+        assert "no epoch" in why and "kdlens import" in why and "kdlens dump" in why, why
+    assert secs["similarity"].chart is not None and secs["graph"].chart is not None
+    # the summary the trajectory chart gets really has no time axis
+    assert data.summary["epoch"].null_count() == data.summary.height
+
+
+def _summary(rows: list[tuple[str, str, int | None, float]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "run": [r[0] for r in rows],
+            "checkpoint": [r[1] for r in rows],
+            "split": ["val"] * len(rows),
+            "epoch": [r[2] for r in rows],
+            "accuracy": [r[3] for r in rows],
+        },
+        schema_overrides={"epoch": pl.Int64},
+    )
+
+
+def test_trajectories_only_for_runs_with_epochs_and_integer_ticks() -> None:
+    summary = _summary(
+        [
+            ("bs64", "ep1", 1, 0.7),
+            ("bs64", "ep2", 2, 0.8),
+            ("imported", "resnet56", None, 0.72),
+            ("imported", "vgg19", None, 0.74),
+            ("single", "ep5", 5, 0.9),
+        ]
+    )
+    spec = trajectory_chart(summary, heldout_split="val", transfer_split=None).to_dict()
+    runs = {r["run"] for r in _chart_data(spec)}
+    assert runs == {"bs64"}  # no epochs, or a single checkpoint: nothing to join
+    assert "Left out" in json.dumps(spec["title"]) and "imported" in json.dumps(spec["title"])
+    x = spec["spec"]["layer"][0]["encoding"]["x"]
+    # two epochs: ticks 1, 2 (not 1.0, 1.2, ... 2.0, nor a 1.5 printed "2")
+    assert x["axis"]["values"] == [1, 2] and x["axis"]["format"] == "d", x
+    many = _summary([("r", f"ep{e}", e, 0.5) for e in (1, 8, 60)])
+    x = trajectory_chart(many, heldout_split="val", transfer_split=None).to_dict()["spec"]
+    axis = x["layer"][0]["encoding"]["x"]["axis"]
+    assert axis["tickMinStep"] == 1 and axis["format"] == "d" and "values" not in axis, axis
+    with pytest.raises(ChartUnavailable, match="no epoch"):
+        trajectory_chart(
+            summary.filter(pl.col("run") == "imported"), heldout_split="val", transfer_split=None
+        )
+    with pytest.raises(ChartUnavailable, match="at least two checkpoints with an epoch"):
+        trajectory_chart(
+            summary.filter(pl.col("run") != "bs64"), heldout_split="val", transfer_split=None
+        )
+
+
+def test_hundred_classes_fit_and_label_only_the_best_connected() -> None:
+    k = 100
+    rng = np.random.default_rng(0)
+    S = rng.uniform(0.001, 0.01, size=(k, k))
+    block = np.arange(k) // 10
+    S[block[:, None] == block[None, :]] += 0.05
+    S[3, 7] = S[7, 3] = 0.5  # the strongest pair: both must be labelled
+    np.fill_diagonal(S, 0)
+    names = [f"class{i}" for i in range(k)]
+    src, tgt = np.nonzero(~np.eye(k, dtype=bool))
+    long = pl.DataFrame({"teacher": "t", "source": src, "target": tgt, "weight": S[src, tgt]})
+    heat = similarity_heatmap(
+        long, order=list(range(k)), class_names=names, teachers=["t"], default="t"
+    ).to_dict()
+    # fits a half-width card (~550 px) with its legend: before, 6 px x 100 = 600 px of cells
+    assert heat["width"] <= 420 and heat["height"] == heat["width"]
+    assert heat["encoding"]["x"]["axis"]["labels"] is False  # 100 names cannot be read
+
+    top = np.argsort(-S, axis=1)[:, :3]
+    edges = pl.DataFrame(
+        {
+            "source": np.repeat(np.arange(k), 3),
+            "target": top.ravel(),
+            "weight": S[np.repeat(np.arange(k), 3), top.ravel()],
+        }
+    )
+    graph = similarity_graph_chart(
+        edges, class_layout(S, iterations=50), class_names=names, clusters=block, title="t"
+    ).to_dict()
+    nodes = {r["class"]: r["label"] for r in _chart_data(graph) if "label" in r}
+    labelled = [label for label in nodes.values() if label]
+    assert set(nodes) == set(names)  # every class is a node, its name on the tooltip
+    assert len(labelled) == MAX_NODE_LABELS and {"class3", "class7"} <= set(labelled)
+    assert "best-connected" in json.dumps(graph["title"])
+    legend_sort = graph["layer"][1]["encoding"]["color"]["sort"]
+    assert legend_sort[:2] == ["cluster 1", "cluster 2"] and legend_sort[-1] == "cluster 10"
+
+
+def test_small_k_graph_labels_every_class(sections: Any) -> None:
+    _, secs = sections
+    graph = next(s for s in secs if s.key == "graph").chart.to_dict()
+    labelled = {r["label"] for r in _chart_data(graph) if r.get("label")}
+    assert labelled == set(NAMES)

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,9 +70,11 @@ PROBE = """<script>
     document.querySelectorAll("div.chart").forEach(function (el) {
       var g = el.querySelector("svg, canvas");
       var r = g ? g.getBoundingClientRect() : { width: 0, height: 0 };
+      var card = el.closest("section.card");
       seen.charts[el.getAttribute("data-chart")] = {
         graphic: g ? g.tagName.toLowerCase() : null, width: r.width, height: r.height,
-        marks: el.querySelectorAll("path, rect, line, text").length
+        marks: el.querySelectorAll("path, rect, line, text").length,
+        overflow: card ? card.scrollWidth - card.clientWidth : -1
       };
     });
     var pre = document.createElement("pre");
@@ -111,18 +114,25 @@ def _run(chromium: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[st
     )
 
 
+def _probe(chromium: str, report: Path, tmp_path: Path) -> dict[str, Any]:
+    """Render ``report`` with the probe injected; return what the probe saw."""
+    probed = tmp_path / f"probed-{report.name}"
+    probed.write_text(report.read_text().replace("<head>", "<head>\n" + PROBE, 1))
+    proc = _run(chromium, "--dump-dom", probed.as_uri(), cwd=tmp_path)
+    m = re.search(r'<pre id="kdlens-probe">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"the page never finished rendering; stderr tail:\n{proc.stderr[-2000:]}"
+    seen: dict[str, Any] = json.loads(
+        m.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
+    return seen
+
+
 def test_report_renders_offline_in_chromium(chromium: str, tmp_path: Path) -> None:
     from test_report import build_fixture
 
     store, ana = build_fixture(tmp_path)
     report = build_report(ana, tmp_path / "report.html", store=store, n_bootstrap=20)
-    probed = tmp_path / "probed.html"
-    probed.write_text(report.read_text().replace("<head>", "<head>\n" + PROBE, 1))
-
-    proc = _run(chromium, "--dump-dom", probed.as_uri(), cwd=tmp_path)
-    m = re.search(r'<pre id="kdlens-probe">(.*?)</pre>', proc.stdout, re.S)
-    assert m, f"the page never finished rendering; stderr tail:\n{proc.stderr[-2000:]}"
-    seen = json.loads(m.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    seen = _probe(chromium, report, tmp_path)
 
     assert seen["errors"] == [], seen["errors"]
     assert seen["status"]["failed"] == []
@@ -131,6 +141,7 @@ def test_report_renders_offline_in_chromium(chromium: str, tmp_path: Path) -> No
         assert c["graphic"] in ("svg", "canvas"), key
         assert c["width"] > 50 and c["height"] > 50, (key, c)
         assert c["marks"] > 5, (key, c)
+        assert c["overflow"] <= 1, f"{key} is wider than its card at 1280 px: {c}"
     remote = [r for r in seen["resources"] if not r.startswith(("file:", "data:", "blob:"))]
     assert remote == [], f"the report fetched {remote}"
 
@@ -139,3 +150,20 @@ def test_report_renders_offline_in_chromium(chromium: str, tmp_path: Path) -> No
         chromium, f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri(), cwd=tmp_path
     )
     assert shot.is_file() and shot.stat().st_size > 20_000, proc.stderr[-2000:]
+
+
+def test_hundred_classes_without_epochs_fit_their_cards(chromium: str, tmp_path: Path) -> None:
+    """CIFAR-100-like imported models: K = 100, no epochs, one (test) split."""
+    from test_report import write_imported_store
+
+    store = write_imported_store(tmp_path / "store", k=100, n=400)
+    report = build_report(store, tmp_path / "c100.html", n_bootstrap=0)
+    seen = _probe(chromium, report, tmp_path)
+
+    assert seen["errors"] == [] and seen["status"]["failed"] == [], seen
+    # no fake trajectory joining models in name order; a sentence instead
+    assert "trajectories" not in seen["charts"] and "sweet_spot" not in seen["charts"]
+    assert {"similarity", "graph"} <= set(seen["charts"])
+    for key, c in seen["charts"].items():
+        assert c["width"] > 50 and c["height"] > 50, (key, c)
+        assert c["overflow"] <= 1, f"{key} is wider than its card at 1280 px: {c}"
