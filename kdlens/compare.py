@@ -23,6 +23,7 @@ above 0, McNemar ``p < alpha`` and, when it could be run, the seed-level test ha
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class StudentComparison:
     alpha: float
     seed_accuracies_a: list[float] = field(default_factory=list)
     seed_accuracies_b: list[float] = field(default_factory=list)
+    #: Why the verdict: which evidence made it, or which test kept it from
+    #: "knowledge distillation" (the control better, or no significant difference).
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,6 +201,19 @@ def _compute_comparison(
     if seed_p is not None:
         significant = significant and seed_p < alpha and acc_a.mean() > acc_b.mean()
     return StudentComparison(
+        reason=_reason(
+            significant,
+            lo,
+            hi,
+            mcnemar_p,
+            a_only,
+            b_only,
+            seed_test,
+            seed_p,
+            alpha,
+            int(ca.shape[0]),
+            int(cb.shape[0]),
+        ),
         verdict=KNOWLEDGE_DISTILLATION if significant else REGULARIZATION_EFFECT,
         accuracy_a=float(acc_a.mean()),
         accuracy_b=float(acc_b.mean()),
@@ -294,6 +311,16 @@ def compare_stores(
         common = np.intersect1d(common, s["ids"])
     if common.size == 0:
         raise StoreError(f"the students share no example_id in split {split!r}")
+    largest = max(np.unique(s["ids"]).size for s in everyone)
+    if common.size < largest:
+        # Students of one experiment are evaluated on one test set: a mismatch usually
+        # means one side is not what it seems (e.g. a teacher store, not students).
+        warnings.warn(
+            f"the two sides do not share their test examples: comparing on the "
+            f"{common.size} example ids common to all of {len(everyone)} students "
+            f"(the largest has {largest})",
+            stacklevel=2,
+        )
     ref_labels: np.ndarray | None = None
     corr: dict[str, list[np.ndarray]] = {"real": [], "control": []}
     rows = []
@@ -343,3 +370,36 @@ def compare_stores(
         "accuracy": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema), result
+
+
+def _reason(
+    significant: bool,
+    lo: float,
+    hi: float,
+    mcnemar_p: float,
+    a_only: int,
+    b_only: int,
+    seed_test: str | None,
+    seed_p: float | None,
+    alpha: float,
+    n_a: int,
+    n_b: int,
+) -> str:
+    if significant:
+        return "the real teacher's students are significantly better on every test"
+    if hi < 0 and mcnemar_p < alpha and b_only > a_only:
+        return (
+            "the control's students are significantly better: the real teacher's soft labels "
+            "carry nothing the control's do not"
+        )
+    failed = []
+    if not lo > 0:
+        failed.append("the accuracy-difference CI includes 0" if hi > 0 else "the CI is below 0")
+    if not (mcnemar_p < alpha and a_only > b_only):
+        failed.append(f"McNemar p = {mcnemar_p:.3g}")
+    if seed_p is not None and seed_p >= alpha:
+        failed.append(f"the {seed_test} over seeds gives p = {seed_p:.3g} ({n_a} vs {n_b} seeds)")
+    text = "no significant advantage for the real teacher: " + "; ".join(failed)
+    if min(n_a, n_b) < 5:
+        text += " (few seeds: more seeds could show a small real difference)"
+    return text

@@ -74,6 +74,15 @@ _T_GRID = np.exp(np.linspace(math.log(0.05), math.log(20.0), 81))
 #: Above this many floats the bootstrap of the similarity matrix is skipped (K too large).
 _MAX_SIM_BOOT = 20_000_000
 
+
+def _score_definition(temperature: float, collapse_weight: float) -> str:
+    """The score with this ranking's numbers filled in (stated in every output)."""
+    return (
+        f"score = -(held-out NLL after a temperature fit + {collapse_weight:g} * max(0, "
+        f"log(dark_mass_heldout / dark_mass_transfer))); dark mass at T = {temperature:g}"
+    )
+
+
 SCORE_DEFINITION = (
     "score = -(heldout NLL after a temperature fit + w * max(0, log(dark_mass_heldout / "
     "dark_mass_transfer))); dark mass at the temperature T, w = collapse_weight"
@@ -881,6 +890,7 @@ def _compute_recommendation(
         collapse_weight=collapse_weight,
         n_bootstrap=n_bootstrap,
         basis=basis,
+        score_definition=_score_definition(temperature, collapse_weight),
     )
     if n < 2:
         only = f"{keys[0]}" if keys else "none"

@@ -975,7 +975,12 @@ def _recommendation_html(data: ReportData) -> str:
                 f'<p class="pick">Distill from <b>{_e(key)}</b>'
                 + (f" ({_e(where)})" if where else "")
                 + (f", P(best) = {p:.2f}" if isinstance(p, float) and math.isfinite(p) else "")
-                + f"</p><p>{_e(getattr(rec, 'reason', ''))}</p>"
+                + "</p>"
+                + f"<p>{_e(getattr(rec, 'reason', ''))}</p>"
+                + f'<p class="caption">Ranked at T = {getattr(rec, "temperature", float("nan")):g} '
+                + "(the distillation temperature the score was validated at; the soft-label "
+                + "charts below use the analysis temperature). "
+                + f"{_e(getattr(rec, 'score_definition', '') or '')}</p>"
             )
             advice = list(getattr(rec, "advice", []) or [])
             if advice:
@@ -994,6 +999,8 @@ def _ranking_html(data: ReportData, top: int = 10) -> str:
     ranking = getattr(rec, "ranking", None)
     if not isinstance(ranking, pl.DataFrame) or ranking.height == 0:
         return ""
+    t = getattr(data.recommendation, "temperature", None) if data.recommendation else None
+    at = f", T={t:g}" if isinstance(t, float) else ""
     cols = [
         ("rank", "rank", "d"),
         ("run", "run", ""),
@@ -1001,8 +1008,8 @@ def _ranking_html(data: ReportData, top: int = 10) -> str:
         ("score", "score", ".4f"),
         ("probability_best", "P(best)", ".2f"),
         ("accuracy_heldout", "held-out acc.", ".2%"),
-        ("dark_mass_transfer", "dark mass (train)", ".4f"),
-        ("similarity_information_transfer", "SI (train)", ".4f"),
+        ("dark_mass_transfer", f"dark mass (train{at})", ".4f"),
+        ("similarity_information_transfer", f"SI (train{at})", ".4f"),
     ]
     cols = [c for c in cols if c[0] in ranking.columns]
     head = "".join(f"<th>{_e(t)}</th>" for _, t, _ in cols)

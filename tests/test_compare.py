@@ -41,6 +41,7 @@ def test_known_difference_is_knowledge_distillation():
     assert 0 < r.ci_low < r.difference < r.ci_high
     assert r.mcnemar_p < 1e-6 and r.seed_test == "paired t-test" and r.seed_p < 0.05
     assert r.n_seeds_a == 3 and len(r.seed_accuracies_b) == 3
+    assert r.reason == "the real teacher's students are significantly better on every test"
 
 
 def test_no_difference_is_regularization_effect():
@@ -51,6 +52,7 @@ def test_no_difference_is_regularization_effect():
     assert r.verdict == REGULARIZATION_EFFECT
     assert r.ci_low < 0 < r.ci_high
     assert r.seed_test is None
+    assert "CI includes 0" in r.reason and "few seeds" in r.reason
 
 
 def test_control_better_is_not_knowledge_distillation():
@@ -64,6 +66,7 @@ def test_control_better_is_not_knowledge_distillation():
         n_bootstrap=500,
     )
     assert r.verdict == REGULARIZATION_EFFECT and r.ci_high < 0
+    assert r.reason.startswith("the control's students are significantly better")
 
 
 def test_mcnemar_and_bootstrap_match_references():

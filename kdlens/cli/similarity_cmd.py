@@ -76,7 +76,7 @@ def compare_command(
     if result.seed_test is not None:
         console.print(f"{result.seed_test} over seeds: p = {result.seed_p:.3g}")
     colour = "green" if result.verdict == KNOWLEDGE_DISTILLATION else "yellow"
-    console.print(f"verdict: [bold {colour}]{result.verdict}[/]")
+    console.print(f"verdict: [bold {colour}]{result.verdict}[/] ({result.reason})", highlight=False)
 
 
 @app.command("graph")

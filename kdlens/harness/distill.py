@@ -14,8 +14,10 @@ Students are small MLPs trained full-batch, so ~100 of them fit in minutes on a 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,6 +187,16 @@ def _run_all(
     rows: list[dict[str, Any]] = []
     for r, ck in keys:
         meta = st.checkpoint_metadata(r, ck)
+        cfg_in = meta.get("config") or {}
+        control_t = cfg_in.get("temperature") if cfg_in.get("control") else None
+        if not plain and control_t is not None and not math.isclose(float(control_t), temperature):
+            # A control keeps p_y only at the temperature it was made at.
+            warnings.warn(
+                f"run {r!r} is a {cfg_in['control']!r} control made at T = {control_t:g} but "
+                f"distilled at T = {temperature:g}: at this T it no longer keeps the teacher's "
+                f"p_y; make it with `kdlens controls -T {temperature:g}`",
+                stacklevel=2,
+            )
         spec = dataset or meta.get("dataset")
         if not spec:
             raise InputError(f"{st.source}: run {r!r} records no dataset; pass --dataset")
