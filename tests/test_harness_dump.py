@@ -209,6 +209,19 @@ def test_user_factory_and_from_checkpoints(tmp_path: Path) -> None:
     )
     st = open_store(written)
     assert st.keys() == [("imported", "ep002")]
+    # re-running skips what exists instead of failing
+    mtime = written[0].stat().st_mtime_ns
+    again = dump_checkpoints(
+        str(ck / "*.pt"),
+        tmp_path / "imp",
+        model=f"{f}:build",
+        dataset="digits",
+        train_size=300,
+        val_size=100,
+        test_size=200,
+        device="cpu",
+    )
+    assert again == written and written[0].stat().st_mtime_ns == mtime
     assert st.parts[0].epoch == 2
     np.testing.assert_allclose(
         st.load("imported", "ep002", "test").logits,
@@ -306,7 +319,7 @@ def test_cli_dump_and_errors(tmp_path: Path) -> None:
     ]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert "dump overhead" in r.output and "bs128: 0.1" in r.output and "epoch    2" in r.output
+    assert "dump cost" in r.output and "bs128: 0.1" in r.output and "epoch    2" in r.output
     assert len(open_store(tmp_path).keys()) == 2
     r = runner.invoke(app, [*args, "--lr", "0.3"])
     assert r.exit_code == 2 and "--overwrite" in r.output
@@ -352,3 +365,17 @@ def test_importable_factory_and_cli_from_checkpoints(
         app, ["dump", "--from-checkpoints", str(tmp_path / "none*.pt"), "--model", "mlp"]
     )
     assert r.exit_code == 2 and "matches no files" in r.output
+
+
+def test_model_that_does_not_fit_the_data_fails_before_training(tmp_path: Path) -> None:
+    f = tmp_path / "bad.py"
+    f.write_text(
+        "from torch import nn\n"
+        "def wrong_out(num_classes):\n    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))\n"
+        "def wrong_in(num_classes):\n    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))\n"
+    )
+    with pytest.raises(InputError, match=r"expected outputs of shape \(batch, 10\).*got \(2, 3\)"):
+        dump(tmp_path / "o1", tiny(model=f"{f}:wrong_out", epochs=1, checkpoints=(1,)))
+    with pytest.raises(InputError, match="a forward pass on inputs of shape"):
+        dump(tmp_path / "o2", tiny(model=f"{f}:wrong_in", epochs=1, checkpoints=(1,)))
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

@@ -260,8 +260,8 @@ def dump_cmd(
     tot_w = float(df["dump_worker_seconds"].sum())
     work = f"{100 * tot_w / tot_t:.2f}%" if tot_t > 0 else "-"
     console.print(
-        f"dump overhead (time training waited for dumps / time training): {ratio}; "
-        f"dump work on the writer thread, in parallel: {work} of training time; store: {out}"
+        f"dump cost: {work} of training time (the dump work, done on a writer thread beside "
+        f"training); training itself waited {ratio} for it; store: {out}"
     )
 
 

@@ -14,7 +14,7 @@ import polars as pl
 
 from kdlens.errors import InputError
 from kdlens.harness.data import prepare_data
-from kdlens.harness.models import build_model, is_convnet
+from kdlens.harness.models import build_model, is_convnet, probe_model
 from kdlens.harness.runtime import (
     extract_state_dict,
     load_state_dict_checked,
@@ -78,12 +78,17 @@ def dump(
         + f" ({cfg.lr_scaling} scaling of {cfg.base_lr:g} at batch size 128)"
     )
     # A bad model name or factory fails here, before any existing output is looked at.
-    build_model(
+    probe_model(
+        build_model(
+            cfg.model,
+            num_classes=data.num_classes,
+            input_shape=data.input_shape,
+            hidden=cfg.hidden,
+            shortcut=cfg.shortcut,
+        ),
         cfg.model,
-        num_classes=data.num_classes,
-        input_shape=data.input_shape,
-        hidden=cfg.hidden,
-        shortcut=cfg.shortcut,
+        data.input_shape,
+        data.num_classes,
     )
     # Check every existing run first, so a conflict is reported before any training.
     if not overwrite:
@@ -250,6 +255,10 @@ def dump_checkpoints(
         m = _EPOCH_RE.search(ck)
         epoch = int(m.group(1)) if m else None
         path = Path(out) / run / f"{ck}.parquet"
+        if path.exists() and not overwrite:  # re-running skips what is done
+            rep.message(f"{f}: {path} exists, skipped (--overwrite redoes it)")
+            written.append(path)
+            continue
         with CheckpointWriter(
             path,
             run=run,

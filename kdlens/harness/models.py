@@ -283,3 +283,27 @@ def _from_factory(spec: str, num_classes: int, shape: tuple[int, ...]) -> nn.Mod
             f"got {type(model).__name__}"
         )
     return model
+
+
+def probe_model(model: nn.Module, name: str, input_shape: Sequence[int], num_classes: int) -> None:
+    """One forward pass on a tiny batch, so that a model whose input or output shape does
+    not fit the data fails now, in one line, not after a run of training."""
+    x = torch.zeros((2, *(int(s) for s in input_shape)))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"--model {name!r}: a forward pass on inputs of shape {tuple(x.shape)} failed ({msg})"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"--model {name!r}: expected outputs of shape (batch, {num_classes}) for "
+            f"{num_classes} classes, got {got}"
+        )
