@@ -294,6 +294,15 @@ def test_logits_writer_in_own_loop(tmp_path: Path) -> None:
     shuffled = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), shuffle=True)
     with pytest.raises(InputError, match="shuffles"):
         w.dump(model, shuffled, checkpoint="ep3", split="test")
+    empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:0], y[:0]))
+    with pytest.raises(InputError, match="yielded no examples"):
+        w.dump(model, empty, checkpoint="ep4", split="test")
+    bad = torch.nn.Sequential(model, torch.nn.Linear(10, 10))
+    with torch.no_grad():
+        bad[1].bias.fill_(float("nan"))
+    with pytest.raises(InputError, match="NaN/Inf logits in loader batch 0"):
+        w.dump(bad, loader, checkpoint="ep5", split="test")
+    assert not list(tmp_path.rglob("ep4*")) and not list(tmp_path.rglob("ep5*"))
 
 
 def test_cli_dump_and_errors(tmp_path: Path) -> None:

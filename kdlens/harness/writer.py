@@ -157,8 +157,17 @@ class LogitsWriter:
                         else np.arange(seen, seen + n)
                     )
                     yy = y.cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
-                    w.write(z.float(), split=split, labels=yy, example_ids=ids)
+                    zf = z.float()
+                    if not bool(torch.isfinite(zf).all()):
+                        # Analyses refuse non-finite logits; say so while the run is at hand.
+                        raise InputError(
+                            f"checkpoint {checkpoint!r}: the model produced NaN/Inf logits in "
+                            f"loader batch {i}; nothing was written"
+                        )
+                    w.write(zf, split=split, labels=yy, example_ids=ids)
                     seen += n
+                if seen == 0:
+                    raise InputError(f"checkpoint {checkpoint!r}: the loader yielded no examples")
         finally:
             model.train(was_training)
         return path
