@@ -326,6 +326,9 @@ def _select(
     elif all_checkpoints:
         sel = keys
     elif checkpoint is not None:
+        runs = sorted({r for r, _ in keys})
+        if run is not None and run not in runs:
+            raise InputError(f"{st.source}: no run {run!r}; runs: {', '.join(runs[:12])}")
         sel = [k for k in keys if k[1] == checkpoint and (run is None or k[0] == run)]
         if not sel:
             have = sorted({c for _, c in keys})
