@@ -197,30 +197,13 @@ def test_user_factory_and_from_checkpoints(tmp_path: Path) -> None:
         build_model(f"{f}:not_a_model", num_classes=10, input_shape=(1, 8, 8))
     # dump the saved state dicts of that run again from their files
     ck = tmp_path / "out" / "bs64-seed0" / "ckpt"
-    written = dump_checkpoints(
-        str(ck / "*.pt"),
-        tmp_path / "imp",
-        model=f"{f}:build",
-        dataset="digits",
-        train_size=300,
-        val_size=100,
-        test_size=200,
-        device="cpu",
-    )
+    kw = dict(model=f"{f}:build", dataset="digits", train_size=300, val_size=100, test_size=200)
+    written = dump_checkpoints(str(ck / "*.pt"), tmp_path / "imp", device="cpu", **kw)
     st = open_store(written)
     assert st.keys() == [("imported", "ep002")]
     # re-running skips what exists instead of failing
     mtime = written[0].stat().st_mtime_ns
-    again = dump_checkpoints(
-        str(ck / "*.pt"),
-        tmp_path / "imp",
-        model=f"{f}:build",
-        dataset="digits",
-        train_size=300,
-        val_size=100,
-        test_size=200,
-        device="cpu",
-    )
+    again = dump_checkpoints(str(ck / "*.pt"), tmp_path / "imp", device="cpu", **kw)
     assert again == written and written[0].stat().st_mtime_ns == mtime
     assert st.parts[0].epoch == 2
     np.testing.assert_allclose(
