@@ -110,10 +110,14 @@ class DumpConfig:
         bad = [c for c in self.checkpoints if c < 1 or c > self.epochs]
         if bad:
             raise InputError(
-                f"--checkpoints {','.join(map(str, bad))} lie outside epochs 1..{self.epochs}"
+                f"--checkpoints {','.join(map(str, bad))}: outside epochs 1..{self.epochs} "
+                "(--epochs)"
             )
         if not self.batch_sizes or min(self.batch_sizes) < 1:
-            raise InputError(f"--batch-sizes must be positive integers, got {self.batch_sizes}")
+            raise InputError(
+                "--batch-sizes must be positive integers, got "
+                + ",".join(map(str, self.batch_sizes))
+            )
         if not self.seeds:
             raise InputError("--seeds must name at least one seed")
         for name, value, allowed in (
