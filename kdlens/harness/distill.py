@@ -412,6 +412,24 @@ def _inputs(
     return xtr, xte
 
 
+def _teacher_log_probs(
+    z_teacher: np.ndarray | None, alpha: float, t: float, device: torch.device
+) -> torch.Tensor | None:
+    """log softmax(z_teacher / T), or None when the KD term is off."""
+    if z_teacher is None or alpha <= 0:
+        return None
+    return torch.log_softmax(torch.from_numpy(z_teacher).to(device).float() / t, 1)
+
+
+def _predict(fn: Any, xte: np.ndarray, device: torch.device) -> list[torch.Tensor]:
+    """``fn`` over the test inputs in chunks of 4096 rows, on the CPU as float32."""
+    with torch.inference_mode():
+        return [
+            fn(torch.from_numpy(xte[i : i + 4096]).to(device)).float().cpu()
+            for i in range(0, len(xte), 4096)
+        ]
+
+
 def _train_student(
     xtr: np.ndarray,
     ytr: np.ndarray,
@@ -435,9 +453,7 @@ def _train_student(
     x = torch.from_numpy(xtr).to(device)
     y = torch.from_numpy(ytr).to(device)
     t = float(temperature)
-    log_pt = None
-    if z_teacher is not None and alpha > 0:
-        log_pt = torch.log_softmax(torch.from_numpy(z_teacher).to(device).float() / t, 1)
+    log_pt = _teacher_log_probs(z_teacher, alpha, t, device)
     n = len(ytr)
     bs = n if sc.batch_size == 0 else min(sc.batch_size, n)
     gen = torch.Generator().manual_seed(seed + 99991)
@@ -459,11 +475,7 @@ def _train_student(
             opt.step()
             sched.step()
     model.eval()
-    with torch.inference_mode():
-        out = [
-            model(torch.from_numpy(xte[i : i + 4096]).to(device)).float().cpu()
-            for i in range(0, len(xte), 4096)
-        ]
+    out = _predict(model, xte, device)
     return torch.cat(out).numpy() if out else np.empty((0, num_classes), np.float32)
 
 
@@ -522,9 +534,7 @@ def _train_mlp_students(
     x = torch.from_numpy(xtr).to(device)
     y = torch.from_numpy(ytr).to(device)
     t = float(temperature)
-    log_pt = None
-    if z_teacher is not None and alpha > 0:
-        log_pt = torch.log_softmax(torch.from_numpy(z_teacher).to(device).float() / t, 1)
+    log_pt = _teacher_log_probs(z_teacher, alpha, t, device)
     for _ in range(sc.epochs):
         z = forward(x)
         # Sum over students of each student's mean loss.
@@ -547,11 +557,7 @@ def _train_mlp_students(
         loss.backward()
         opt.step()
         sched.step()
-    with torch.inference_mode():
-        outs = [
-            forward(torch.from_numpy(xte[i : i + 4096]).to(device)).float().cpu()
-            for i in range(0, len(xte), 4096)
-        ]
+    outs = _predict(forward, xte, device)
     zte = torch.cat(outs, 1) if outs else torch.empty(S, 0, num_classes)
     return [zte[i].numpy() for i in range(S)]
 
