@@ -1186,10 +1186,6 @@ _PAGE = """<!DOCTYPE html>
 # --------------------------------------------------------------------------- output
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    write_bytes_atomic(path, data)
-
-
 def export_charts(
     sections: Sequence[Section],
     out_dir: str | os.PathLike[str],
@@ -1223,7 +1219,7 @@ def export_charts(
                 data = vlc.vegalite_to_png(spec, vl_version=version, scale=scale)
             else:
                 data = vlc.vegalite_to_svg(spec, vl_version=version).encode()
-            _atomic_write(path, data)
+            write_bytes_atomic(path, data)
             written.append(path)
     return written
 
@@ -1266,7 +1262,7 @@ def build_report(
     progress("building charts")
     sections = report_charts(data)
     page = render_report(data, sections)
-    _atomic_write(out_path, page.encode("utf-8"))
+    write_bytes_atomic(out_path, page.encode("utf-8"))
     if png_dir is not None:
         progress(f"exporting charts to {png_dir}")
         export_charts(sections, png_dir)

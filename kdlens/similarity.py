@@ -746,7 +746,7 @@ def write_graph(
         text = json.dumps(doc, indent=1)
     else:
         text = _graphml(nodes, links, temperature)
-    _atomic_write_text(p, text)
+    write_text_atomic(p, text)
     return p
 
 
@@ -777,10 +777,6 @@ def _graphml(nodes: list[dict[str, Any]], links: list[dict[str, Any]], t: float 
         ET.SubElement(el, "data", {"key": "weight"}).text = repr(e["weight"])
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    write_text_atomic(path, text)
 
 
 def write_edges_parquet(
