@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kdlens.similarity import (
+from kdlens.hypotheses.structure import structure_test, structure_test_from_result
+from kdlens.measures.similarity import (
     SimilarityAccumulator,
     reference_agreement,
     similarity_from_probs,
     superclass_recovery,
 )
-from kdlens.structure import structure_test, structure_test_from_result
 
 
 def _default_external() -> Path:

@@ -6,7 +6,7 @@ For one benchmark (dataset + teacher grid) this script
    batch sizes x checkpoints, logits of train (transfer) / val / test per checkpoint;
 2. distills several student seeds from every checkpoint, plus plain students with
    no teacher (:func:`kdlens.harness.distill.distill`);
-3. scores every checkpoint with kdlens (:func:`kdlens.recommend.recommend`) and with
+3. scores every checkpoint with kdlens (:func:`kdlens.recommend.rank.recommend`) and with
    the baselines a user would otherwise use (highest held-out accuracy, lowest
    held-out NLL after a temperature fit, the last checkpoint, the highest entropy),
    plus a small grid of candidate settings of the kdlens score (T, w);
@@ -41,13 +41,13 @@ import torch
 from kdlens.harness.distill import StudentConfig, distill
 from kdlens.harness.dump import dump
 from kdlens.harness.train import DumpConfig
-from kdlens.recommend import (
+from kdlens.recommend.rank import (
     DEFAULT_COLLAPSE_WEIGHT,
     DEFAULT_TEMPERATURE,
     recommend,
     score_checkpoints,
 )
-from kdlens.validation_experiment import evaluate_scores, student_table
+from kdlens.recommend.students import evaluate_scores, student_table
 
 REPO = Path(__file__).resolve().parents[1]
 EXTERNAL = Path(os.environ.get("KDLENS_EXTERNAL", REPO.parent / "shared" / "external"))
@@ -223,7 +223,8 @@ def run(
     # user faces is among good ones: the half of the grid with the best teacher accuracy.
     good = table.filter(pl.col("accuracy_heldout") >= pl.col("accuracy_heldout").median())
     top = evaluate_scores(good, scores=["kdlens", *BASELINES, *cands]).select(
-        "score", pl.col("spearman").alias("spearman_top_half"),
+        "score",
+        pl.col("spearman").alias("spearman_top_half"),
         pl.col("kendall").alias("kendall_top_half"),
     )
     ev = ev.join(top, on="score", how="left", maintain_order="left")

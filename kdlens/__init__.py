@@ -1,68 +1,245 @@
 """kdlens: which teacher checkpoint should you distill from?
 
-The flat public API. Analyses need only numpy, scipy, polars, pyarrow and
-scikit-learn; the training harness (``kdlens.harness``) needs the ``torch`` extra
-and is imported only when used.
+The public API, named explicitly and loaded lazily (PEP 562): ``import kdlens`` imports
+no numerical library, no altair and no torch; each name imports its module on first use.
+The analyses need numpy, scipy, polars, pyarrow and scikit-learn; the report needs
+altair; the training harness (``LogitsWriter``, ``kdlens.harness``) needs the ``torch``
+extra.
 """
+
+from __future__ import annotations
 
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from kdlens._version import __version__
-from kdlens.analysis import *
-from kdlens.calibration import *
-from kdlens.charts import *
-from kdlens.compare import *
-from kdlens.controls import *
-from kdlens.demo import *
-from kdlens.errors import *
-from kdlens.fidelity import *
-from kdlens.importing import *
-from kdlens.recommend import *
-from kdlens.report import *
-from kdlens.similarity import *
-from kdlens.softlabels import *
-from kdlens.store import *
-from kdlens.streaming import *
-from kdlens.structure import *
-from kdlens.validation import *
 
-# Submodules are looked up by name: a function may share its module's name
-# (``recommend``), and the star imports above bind the function, not the module.
-_MODULES = [
-    _importlib.import_module(f"kdlens.{_m}")
-    for _m in (
-        "errors",
-        "store",
-        "validation",
-        "importing",
-        "softlabels",
-        "calibration",
-        "fidelity",
-        "streaming",
-        "similarity",
-        "structure",
-        "controls",
-        "compare",
-        "analysis",
-        "recommend",
-        "report",
-        "charts",
-        "demo",
-    )
-]
+# name -> module that defines it; the stages of the pipeline, in order.
+_PUBLIC: dict[str, str] = {}
 
-if _TYPE_CHECKING:  # the real import is lazy (below): torch is needed only by the harness
+
+def _export(module: str, *names: str) -> None:
+    for n in names:
+        _PUBLIC[n] = f"kdlens.{module}"
+
+
+_export("errors", "KdlensError", "StoreError", "InputError")
+_export(
+    "store.parquet",
+    "FORMAT_VERSION",
+    "Batch",
+    "CheckpointWriter",
+    "LogitsStore",
+    "Part",
+    "arrow_schema",
+    "open_store",
+    "write_logits",
+)
+_export("store.validate", "PartReport", "ValidationReport", "validate")
+_export("store.importing", "ImportedCheckpoint", "import_files", "read_array_file")
+_export(
+    "measures.softlabels",
+    "DEFAULT_OEMC_DELTA",
+    "correct",
+    "dark_mass",
+    "effective_classes",
+    "entropy",
+    "log_dark_mass",
+    "log_probs",
+    "margin",
+    "nckd_weight",
+    "nll",
+    "nontarget_entropy",
+    "nontarget_log_probs",
+    "nontarget_probs",
+    "oemc",
+    "oemc_share",
+    "per_example",
+    "probs",
+    "target_prob",
+    "tckd_weight",
+)
+_export("measures.summary", "SoftLabelAccumulator", "SoftLabelSummary", "MEAN_COLUMNS")
+_export(
+    "measures.calibration",
+    "DEFAULT_N_BINS",
+    "CalibrationAccumulator",
+    "CalibrationResult",
+    "TemperatureFitAccumulator",
+    "expected_calibration_error",
+    "fit_temperature",
+    "nll_loss",
+    "reliability_table",
+)
+_export(
+    "measures.fidelity",
+    "FidelityAccumulator",
+    "FidelityResult",
+    "fidelity",
+    "predictive_kl",
+    "top1_agreement",
+)
+_export(
+    "measures.similarity",
+    "SimilarityAccumulator",
+    "SimilarityResult",
+    "similarity_matrix",
+    "similarity_information",
+    "instance_information",
+    "similarity_from_probs",
+    "similarity_estimate",
+    "similarity_graph",
+    "cluster_classes",
+    "superclass_recovery",
+    "reference_agreement",
+    "write_graph",
+    "write_edges_parquet",
+    "ClassGraph",
+    "read_hierarchy",
+    "store_class_graph",
+)
+_export(
+    "hypotheses.structure", "StructureTestResult", "structure_test", "structure_test_from_result"
+)
+_export("hypotheses.controls", "CONTROL_KINDS", "control_log_probs", "make_controls")
+_export(
+    "hypotheses.compare",
+    "StudentComparison",
+    "compare_students",
+    "compare_stores",
+    "KNOWLEDGE_DISTILLATION",
+    "REGULARIZATION_EFFECT",
+)
+_export("analysis.engine", "AnalysisResult", "NullProgress", "analyze", "read_reference_probs")
+_export(
+    "recommend.rank",
+    "DEFAULT_COLLAPSE_WEIGHT",
+    "DEFAULT_TEMPERATURE",
+    "SCORE_DEFINITION",
+    "Recommendation",
+    "checkpoint_signals",
+    "recommend",
+    "score_checkpoints",
+)
+_export("report.build", "ReportData", "build_report", "collect_report_data", "export_charts")
+_export("harness.writer", "LogitsWriter")
+
+__all__ = sorted(["__version__", *_PUBLIC])
+
+# The package kdlens.recommend shares its name with the function kdlens.recommend. Import
+# the (light) package now and drop the attribute the import bound, so that the name always
+# resolves through __getattr__ to the function, whatever submodule is imported later.
+_importlib.import_module("kdlens.recommend")
+del globals()["recommend"]
+
+
+def __getattr__(name: str) -> _Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdlens' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
+
+
+if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from kdlens.analysis.engine import AnalysisResult, NullProgress, analyze, read_reference_probs
+    from kdlens.errors import InputError, KdlensError, StoreError
     from kdlens.harness.writer import LogitsWriter
-
-
-def __getattr__(name: str) -> object:
-    # The harness needs torch; import it only when a user reaches for it.
-    if name in ("LogitsWriter", "harness"):
-        import kdlens.harness as h
-
-        return h if name == "harness" else h.LogitsWriter
-    raise AttributeError(f"module 'kdlens' has no attribute {name!r}")
-
-
-__all__ = sorted({"__version__", "LogitsWriter"} | {n for m in _MODULES for n in m.__all__})
+    from kdlens.hypotheses.compare import (
+        KNOWLEDGE_DISTILLATION,
+        REGULARIZATION_EFFECT,
+        StudentComparison,
+        compare_stores,
+        compare_students,
+    )
+    from kdlens.hypotheses.controls import CONTROL_KINDS, control_log_probs, make_controls
+    from kdlens.hypotheses.structure import (
+        StructureTestResult,
+        structure_test,
+        structure_test_from_result,
+    )
+    from kdlens.measures.calibration import (
+        DEFAULT_N_BINS,
+        CalibrationAccumulator,
+        CalibrationResult,
+        TemperatureFitAccumulator,
+        expected_calibration_error,
+        fit_temperature,
+        nll_loss,
+        reliability_table,
+    )
+    from kdlens.measures.fidelity import (
+        FidelityAccumulator,
+        FidelityResult,
+        fidelity,
+        predictive_kl,
+        top1_agreement,
+    )
+    from kdlens.measures.similarity import (
+        ClassGraph,
+        SimilarityAccumulator,
+        SimilarityResult,
+        cluster_classes,
+        instance_information,
+        read_hierarchy,
+        reference_agreement,
+        similarity_estimate,
+        similarity_from_probs,
+        similarity_graph,
+        similarity_information,
+        similarity_matrix,
+        store_class_graph,
+        superclass_recovery,
+        write_edges_parquet,
+        write_graph,
+    )
+    from kdlens.measures.softlabels import (
+        DEFAULT_OEMC_DELTA,
+        correct,
+        dark_mass,
+        effective_classes,
+        entropy,
+        log_dark_mass,
+        log_probs,
+        margin,
+        nckd_weight,
+        nll,
+        nontarget_entropy,
+        nontarget_log_probs,
+        nontarget_probs,
+        oemc,
+        oemc_share,
+        per_example,
+        probs,
+        target_prob,
+        tckd_weight,
+    )
+    from kdlens.measures.summary import MEAN_COLUMNS, SoftLabelAccumulator, SoftLabelSummary
+    from kdlens.recommend.rank import (
+        DEFAULT_COLLAPSE_WEIGHT,
+        DEFAULT_TEMPERATURE,
+        SCORE_DEFINITION,
+        Recommendation,
+        checkpoint_signals,
+        recommend,
+        score_checkpoints,
+    )
+    from kdlens.report.build import ReportData, build_report, collect_report_data, export_charts
+    from kdlens.store.importing import ImportedCheckpoint, import_files, read_array_file
+    from kdlens.store.parquet import (
+        FORMAT_VERSION,
+        Batch,
+        CheckpointWriter,
+        LogitsStore,
+        Part,
+        arrow_schema,
+        open_store,
+        write_logits,
+    )
+    from kdlens.store.validate import PartReport, ValidationReport, validate

@@ -11,11 +11,11 @@ import pytest
 from scipy.special import softmax
 from scipy.stats import entropy as sp_entropy
 
-from kdlens import softlabels as sl
-from kdlens.analysis import analyze
+from kdlens.analysis.engine import analyze
 from kdlens.errors import InputError, StoreError
-from kdlens.similarity import read_hierarchy
-from kdlens.store import CheckpointWriter, write_logits
+from kdlens.measures import softlabels as sl
+from kdlens.measures.similarity import read_hierarchy
+from kdlens.store.parquet import CheckpointWriter, write_logits
 
 K = 12
 
@@ -273,9 +273,9 @@ def test_labels_smoothing_teacher_has_zero_si_and_ii(tmp_path):
 @pytest.mark.parametrize("name", list(inputs.NAMED_TEACHERS))
 @pytest.mark.parametrize("t", [1.0, 2.0])
 def test_fast_similarity_sums_equal_the_accumulators_own_update(name, t):
-    from kdlens.analysis import _add_similarity
-    from kdlens.similarity import SimilarityAccumulator
-    from kdlens.softlabels import _per_example_core
+    from kdlens.analysis.engine import _add_similarity
+    from kdlens.measures.similarity import SimilarityAccumulator
+    from kdlens.measures.softlabels import _per_example_core
 
     z, y = inputs.NAMED_TEACHERS[name]()
     k = z.shape[1]
@@ -298,7 +298,7 @@ def test_two_classes_are_degenerate_not_errors(tmp_path):
 
 
 def test_nll_fitted_is_the_nll_at_the_fitted_temperature(tmp_path):
-    from kdlens.calibration import nll_loss
+    from kdlens.measures.calibration import nll_loss
 
     z, y = inputs.random_teacher(n=400, k=6, scale=4.0)
     write_logits(tmp_path / "s.parquet", z, split="val", run="r", checkpoint="c", labels=y)
@@ -310,7 +310,7 @@ def test_nll_fitted_is_the_nll_at_the_fitted_temperature(tmp_path):
 
 
 def test_two_workers_match_one_and_are_deterministic(tmp_path, monkeypatch):
-    import kdlens.analysis as an
+    import kdlens.analysis.engine as an
 
     z, y = inputs.random_teacher(n=3000, k=7)
     write_logits(tmp_path / "w.parquet", z, split="train", run="r", checkpoint="c", labels=y)

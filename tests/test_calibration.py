@@ -8,7 +8,8 @@ import pytest
 from scipy.special import softmax
 from sklearn.metrics import log_loss
 
-from kdlens.calibration import (
+from kdlens.errors import InputError
+from kdlens.measures.calibration import (
     CalibrationAccumulator,
     TemperatureFitAccumulator,
     expected_calibration_error,
@@ -16,7 +17,6 @@ from kdlens.calibration import (
     nll_loss,
     reliability_table,
 )
-from kdlens.errors import InputError
 
 
 def _ece_reference(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:

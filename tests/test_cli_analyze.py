@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kdlens.cli import app
-from kdlens.store import CheckpointWriter, open_store, write_logits
+from kdlens.store.parquet import CheckpointWriter, open_store, write_logits
 
 runner = CliRunner()
 

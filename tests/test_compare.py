@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from kdlens.compare import (
+from kdlens.errors import InputError
+from kdlens.hypotheses.compare import (
     KNOWLEDGE_DISTILLATION,
     REGULARIZATION_EFFECT,
     compare_stores,
     compare_students,
 )
-from kdlens.errors import InputError
-from kdlens.store import write_logits
+from kdlens.store.parquet import write_logits
 
 
 def _students(n, k, acc, n_seeds, seed, shared=None):

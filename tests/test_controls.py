@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from kdlens import softlabels as sl
-from kdlens.controls import control_log_probs, make_controls
 from kdlens.errors import InputError
-from kdlens.similarity import SimilarityAccumulator
-from kdlens.store import CheckpointWriter, open_store
+from kdlens.hypotheses.controls import control_log_probs, make_controls
+from kdlens.measures import softlabels as sl
+from kdlens.measures.similarity import SimilarityAccumulator
+from kdlens.store.parquet import CheckpointWriter, open_store
 
 
 def _sim(z, y, t=1.0):

@@ -9,8 +9,8 @@ from scipy.special import softmax
 from scipy.stats import entropy as sp_entropy
 
 from kdlens.errors import InputError
-from kdlens.fidelity import FidelityAccumulator, fidelity, predictive_kl, top1_agreement
-from kdlens.store import CheckpointWriter
+from kdlens.measures.fidelity import FidelityAccumulator, fidelity, predictive_kl, top1_agreement
+from kdlens.store.parquet import CheckpointWriter
 
 
 def _pair(n=400, k=6):

@@ -1,4 +1,4 @@
-"""kdlens.recommend: ranking, bootstrap, edge-of-grid advice, bad input; validation metrics."""
+"""kdlens.recommend.rank: ranking, bootstrap, edge-of-grid advice, bad input; validation metrics."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from scipy import stats
 from scipy.special import log_softmax, logsumexp
 
 from kdlens.errors import InputError, StoreError
-from kdlens.recommend import (
+from kdlens.recommend.rank import (
     _collapse,
     _poisson_weights,
     _SplitAccumulator,
     recommend,
     score_checkpoints,
 )
-from kdlens.store import CheckpointWriter, write_logits
-from kdlens.validation_experiment import evaluate_scores, kendall, regret, spearman, student_table
+from kdlens.recommend.students import evaluate_scores, kendall, regret, spearman, student_table
+from kdlens.store.parquet import CheckpointWriter, write_logits
 
 K = 10
 
@@ -498,9 +498,9 @@ def test_analysis_directory_source(tmp_path):
 
 
 def test_store_and_analyze_summary_agree(tmp_path):
-    analysis = pytest.importorskip("kdlens.analysis")
+    analysis = pytest.importorskip("kdlens.analysis.engine")
     if not hasattr(analysis, "analyze"):
-        pytest.skip("kdlens.analysis.analyze not available")
+        pytest.skip("kdlens.analysis.engine.analyze not available")
     src = _grid_store(tmp_path, SWEET, n=80)
     res = analysis.analyze(src, temperature=4.0, n_permutations=0)
     a = recommend(res.summary, n_bootstrap=0, temperature=4.0).ranking.sort("run", "checkpoint")

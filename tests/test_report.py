@@ -17,7 +17,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kdlens.charts import (
+from kdlens.errors import InputError
+from kdlens.report.build import (
+    build_report,
+    collect_report_data,
+    export_charts,
+    render_report,
+    report_charts,
+)
+from kdlens.report.charts import (
     MAX_NODE_LABELS,
     ChartUnavailable,
     class_layout,
@@ -26,14 +34,6 @@ from kdlens.charts import (
     similarity_heatmap,
     sweet_spot_chart,
     trajectory_chart,
-)
-from kdlens.errors import InputError
-from kdlens.report import (
-    build_report,
-    collect_report_data,
-    export_charts,
-    render_report,
-    report_charts,
 )
 
 NAMES = ["cat", "dog", "fox", "car", "bus", "van"]
@@ -63,12 +63,12 @@ def build_fixture(
 ) -> tuple[Path, Path]:
     """Write the store ``root/store`` and its analysis ``root/analysis``; return both.
 
-    The analysis is the real ``kdlens.analysis.analyze`` output, except that the
+    The analysis is the real ``kdlens.analysis.engine.analyze`` output, except that the
     structure-test p-values are set (0.5 / (1 + epoch) on train, 0.004 on test) so
     that both verdicts appear.
     """
-    from kdlens.analysis import analyze
-    from kdlens.store import CheckpointWriter
+    from kdlens.analysis.engine import analyze
+    from kdlens.store.parquet import CheckpointWriter
 
     store, ana = root / "store", root / "analysis"
     k = len(NAMES)
@@ -108,7 +108,7 @@ def write_imported_store(
     One ``test`` split, K classes in blocks of ten (or of three for small K) that
     the teachers confuse; the models are named out of quality order.
     """
-    from kdlens.store import CheckpointWriter
+    from kdlens.store.parquet import CheckpointWriter
 
     block = 10 if k >= 20 else 3
     for i, model in enumerate(models):

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kdlens.report import build_report
+from kdlens.report.build import build_report
 
 CHART_KEYS = {
     "sweet_spot",

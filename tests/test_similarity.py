@@ -18,7 +18,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from kdlens.errors import InputError
-from kdlens.similarity import (
+from kdlens.measures.similarity import (
     SimilarityAccumulator,
     cluster_classes,
     instance_information,

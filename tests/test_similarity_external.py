@@ -12,13 +12,13 @@ import json
 import numpy as np
 import pytest
 
-from kdlens.similarity import (
+from kdlens.hypotheses.structure import structure_test_from_result
+from kdlens.measures.similarity import (
     SimilarityAccumulator,
     reference_agreement,
     similarity_from_probs,
     superclass_recovery,
 )
-from kdlens.structure import structure_test_from_result
 
 
 def _result(path):

@@ -13,8 +13,8 @@ from scipy.special import log_softmax, softmax
 from scipy.stats import entropy as sp_entropy
 from sklearn.metrics import log_loss
 
-from kdlens import softlabels as sl
 from kdlens.errors import InputError
+from kdlens.measures import softlabels as sl
 
 # Registry of per-example metrics: name -> f(logits, labels, T) -> (n,) array.
 # Invariance tests loop over it instead of repeating one test per metric.

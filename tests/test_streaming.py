@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdlens import softlabels as sl
 from kdlens.errors import InputError
-from kdlens.streaming import MEAN_COLUMNS, SoftLabelAccumulator
+from kdlens.measures import softlabels as sl
+from kdlens.measures.summary import MEAN_COLUMNS, SoftLabelAccumulator
 
 
 def _assert_same(a, b):
@@ -95,7 +95,7 @@ def test_merge_refuses_other_settings():
 
 def _checkpoint_scalars(z, y, t):
     """Every per-checkpoint scalar the analysis reports from the accumulators."""
-    from kdlens.similarity import SimilarityAccumulator
+    from kdlens.measures.similarity import SimilarityAccumulator
 
     s = SoftLabelAccumulator(z.shape[1], temperature=t).update(z, y).finalize()
     sim = SimilarityAccumulator(z.shape[1], temperature=t).update(z, y).finalize(warn_absent=False)

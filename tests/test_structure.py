@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 
 from kdlens.errors import InputError
-from kdlens.similarity import SimilarityAccumulator
-from kdlens.structure import StructureTestResult, structure_test, structure_test_from_result
+from kdlens.hypotheses.structure import (
+    StructureTestResult,
+    structure_test,
+    structure_test_from_result,
+)
+from kdlens.measures.similarity import SimilarityAccumulator
 
 
 def _null_data(seed, n=300, k=8):
@@ -110,7 +114,7 @@ def test_bad_arguments():
 
 def test_series_null_for_large_k_matches_gaussian_draws(monkeypatch) -> None:
     """The chi-square series used at large K agrees with the full Gaussian null draws."""
-    import kdlens.structure as st
+    import kdlens.hypotheses.structure as st
 
     k, n_c = 400, 300
     m = k - 1

@@ -12,9 +12,9 @@ from rich import box
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kdlens.analysis import NullProgress, analyze
+from kdlens.analysis.engine import NullProgress, analyze
 from kdlens.cli._app import app, console, err_console, handle_errors
-from kdlens.controls import CONTROL_KINDS, make_controls
+from kdlens.hypotheses.controls import CONTROL_KINDS, make_controls
 
 #: Summary columns shown in the terminal table (all of them go to the files / --json).
 _SHOWN = (

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from kdlens.cli._app import app, console, handle_errors
-from kdlens.recommend import DEFAULT_TEMPERATURE, Recommendation, recommend
+from kdlens.recommend.rank import DEFAULT_TEMPERATURE, Recommendation, recommend
 
 
 @app.command("recommend")

@@ -49,7 +49,7 @@ def report_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the report."),
 ) -> None:
     """Write a self-contained HTML report (works offline) of a store or an analysis."""
-    from kdlens.report import build_report
+    from kdlens.report.build import build_report
 
     progress = (
         (lambda _: None)
@@ -91,7 +91,7 @@ def demo_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the report."),
 ) -> None:
     """Run the whole pipeline on sklearn's digits: dump a grid, analyse, recommend, report."""
-    from kdlens.demo import run_demo
+    from kdlens.harness.demo import run_demo
 
     progress = (lambda _: None) if quiet else (lambda m: err_console.print(m, highlight=False))
     result = run_demo(out, quick=quick, overwrite=overwrite, png=png, progress=progress)

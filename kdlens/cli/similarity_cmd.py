@@ -10,9 +10,9 @@ from rich import box
 from rich.table import Table
 
 from kdlens.cli._app import app, console, handle_errors
-from kdlens.compare import KNOWLEDGE_DISTILLATION, compare_stores
 from kdlens.errors import InputError
-from kdlens.similarity import read_hierarchy, store_class_graph, write_graph
+from kdlens.hypotheses.compare import KNOWLEDGE_DISTILLATION, compare_stores
+from kdlens.measures.similarity import read_hierarchy, store_class_graph, write_graph
 
 
 @app.command("compare")
@@ -112,7 +112,7 @@ def graph_command(
         raise InputError(f"{output}: graph output must end in .graphml, .json or .parquet")
     sup = None
     if hierarchy is not None:
-        from kdlens.store import open_store
+        from kdlens.store.parquet import open_store
 
         st = open_store(store)
         sup = read_hierarchy(hierarchy, st.num_classes, st.class_names)[0]

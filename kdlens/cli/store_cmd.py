@@ -10,8 +10,8 @@ from rich.table import Table
 
 from kdlens._version import __version__
 from kdlens.cli._app import app, console, handle_errors
-from kdlens.importing import KINDS, import_files
-from kdlens.validation import ValidationReport, validate
+from kdlens.store.importing import KINDS, import_files
+from kdlens.store.validate import ValidationReport, validate
 
 
 def _version(value: bool) -> None:

@@ -28,13 +28,13 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from kdlens._atomic import atomic_path
+from kdlens._internal.atomic import atomic_path
 from kdlens.errors import InputError, StoreError
 from kdlens.harness.data import SourceData, load_source, prepare_data
 from kdlens.harness.models import build_model
 from kdlens.harness.runtime import cpu_threads
 from kdlens.harness.train import QuietReporter, Reporter
-from kdlens.store import CheckpointWriter, LogitsStore, open_store
+from kdlens.store.parquet import CheckpointWriter, LogitsStore, open_store
 
 __all__ = ["distill", "StudentConfig", "RESULT_SCHEMA"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdlens._atomic import atomic_path
+from kdlens._internal.atomic import atomic_path
 from kdlens.errors import InputError
 
 __all__ = [

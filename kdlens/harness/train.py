@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdlens._atomic import write_text_atomic
+from kdlens._internal.atomic import write_text_atomic
 from kdlens.errors import InputError
 from kdlens.harness.data import Splits
 from kdlens.harness.models import build_model, is_convnet
@@ -40,7 +40,7 @@ from kdlens.harness.runtime import (
     predict_logits,
     save_atomic,
 )
-from kdlens.store import CheckpointWriter
+from kdlens.store.parquet import CheckpointWriter
 
 __all__ = [
     "DumpConfig",

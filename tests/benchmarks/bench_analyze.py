@@ -5,7 +5,7 @@ logits (one checkpoint, split ``train``), then runs three things, each in a
 fresh subprocess so that its peak RSS is its own:
 
 - ``floor``: read the logits with pyarrow, batch by batch, into numpy (nothing computed);
-- ``analyze``: :func:`kdlens.analysis.analyze` with its defaults (every scalar,
+- ``analyze``: :func:`kdlens.analysis.engine.analyze` with its defaults (every scalar,
   S, SI/II, the structure test, calibration, the temperature fit);
 - ``naive``: what a user would write -- pandas read, ``np.stack`` of the logits
   column, ``scipy.special.softmax``, ``scipy.stats.entropy`` and a per-class
@@ -56,7 +56,7 @@ print(json.dumps({"wall": wall, "rss_mib": rss(), "n": n}))
 ANALYZE = r"""
 import resource, sys, time, json
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from kdlens.analysis import analyze
+from kdlens.analysis.engine import analyze
 t0 = time.perf_counter()
 res = analyze(sys.argv[1], n_permutations=int(sys.argv[2]))
 wall = time.perf_counter() - t0
@@ -92,7 +92,7 @@ print(json.dumps({"wall": wall, "rss_mib": rss(),
 
 def write_store(path: Path, n: int, k: int, seed: int = 0) -> None:
     sys.path.insert(0, str(REPO))
-    from kdlens.store import CheckpointWriter, default_batch_rows
+    from kdlens.store.parquet import CheckpointWriter, default_batch_rows
 
     rng = np.random.default_rng(seed)
     # A structured teacher: class c is confused with its two neighbours.

@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from kdlens.errors import InputError
-from kdlens.softlabels import _check_temperature, _Core, _Target
-from kdlens.store import CheckpointWriter, LogitsStore, open_store
+from kdlens.measures.softlabels import _check_temperature, _Core, _Target
+from kdlens.store.parquet import CheckpointWriter, LogitsStore, open_store
 
 __all__ = ["CONTROL_KINDS", "control_log_probs", "make_controls"]
 
@@ -105,10 +105,10 @@ def control_log_probs(
     """The control teacher's log-probabilities at T for one array of examples, (n, K).
 
     ``class-mean`` uses ``class_matrix`` (K, K) when given, else ``S`` of these
-    examples (:class:`kdlens.similarity.SimilarityAccumulator` at T). Control
+    examples (:class:`kdlens.measures.similarity.SimilarityAccumulator` at T). Control
     logits are ``temperature * control_log_probs(...)``.
     """
-    from kdlens.softlabels import _check
+    from kdlens.measures.softlabels import _check
 
     z, y, t = _check(logits, labels, temperature)
     kind = _check_kind(kind)
@@ -121,7 +121,7 @@ def control_log_probs(
 def _class_matrix(m: Any, z: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
     k = z.shape[1]
     if m is None:
-        from kdlens.similarity import SimilarityAccumulator
+        from kdlens.measures.similarity import SimilarityAccumulator
 
         return _usable(
             SimilarityAccumulator(k, temperature=t).update(z, y).finalize(warn_absent=False).matrix,
@@ -157,7 +157,7 @@ def make_controls(
 ) -> list[Path]:
     """Write the ``kind`` control of every run x checkpoint of ``store`` under directory ``out``.
 
-    Streams part by part through :class:`~kdlens.store.CheckpointWriter`; one file
+    Streams part by part through :class:`~kdlens.store.parquet.CheckpointWriter`; one file
     ``<run>+<kind>/<checkpoint>.parquet`` (the layout of a dump) per source checkpoint,
     holding every split, run name ``<run>+<kind>``. ``permuted`` is deterministic in ``seed``
     (and the part); ``class-mean`` reads each part twice (``S`` first).
@@ -222,7 +222,7 @@ def _write_part(
     where = f"run {run!r} checkpoint {ck!r} split {split!r}"
     s = None
     if kind == "class-mean":
-        from kdlens.similarity import SimilarityAccumulator
+        from kdlens.measures.similarity import SimilarityAccumulator
 
         acc = SimilarityAccumulator(st.num_classes, temperature=t)
         for b in st.iter_batches(run, ck, split, batch_rows=batch_rows):

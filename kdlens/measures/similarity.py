@@ -68,7 +68,7 @@ import polars as pl
 from scipy.sparse import csr_matrix
 from scipy.special import log_softmax, xlogy
 
-from kdlens._atomic import atomic_path, write_text_atomic
+from kdlens._internal.atomic import atomic_path, write_text_atomic
 from kdlens.errors import InputError
 
 __all__ = [
@@ -913,7 +913,7 @@ def store_class_graph(
     Clusters the estimate into ``n_clusters`` (default: the number of superclasses when
     ``superclass_of_class`` is given) and scores them against the hierarchy.
     """
-    from kdlens.store import open_store
+    from kdlens.store.parquet import open_store
 
     st = open_store(store)
     k = st.num_classes

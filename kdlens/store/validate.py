@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from kdlens.errors import KdlensError
-from kdlens.store import FORMAT_VERSION, LogitsStore, _FileInfo, _scan_file, resolve_files
+from kdlens.store.parquet import FORMAT_VERSION, LogitsStore, _FileInfo, _scan_file, resolve_files
 
 __all__ = ["PartReport", "ValidationReport", "validate"]
 

@@ -30,9 +30,10 @@ import altair as alt
 import numpy as np
 import polars as pl
 
-from kdlens._atomic import write_bytes_atomic
+from kdlens._internal.atomic import write_bytes_atomic
 from kdlens._version import __version__
-from kdlens.charts import (
+from kdlens.errors import InputError, KdlensError
+from kdlens.report.charts import (
     ChartUnavailable,
     class_layout,
     class_order,
@@ -45,8 +46,7 @@ from kdlens.charts import (
     teacher_label,
     trajectory_chart,
 )
-from kdlens.errors import InputError, KdlensError
-from kdlens.store import LogitsStore, open_store
+from kdlens.store.parquet import LogitsStore, open_store
 
 __all__ = [
     "ANALYSIS_TABLES",
@@ -76,7 +76,7 @@ N_PERMUTATIONS = 200
 _MAX_DETAIL_TEACHERS = 4
 #: How to give the report its logits store, for CLI and Python users alike.
 _STORE_HINT = (
-    "pass it with kdlens report ANALYSIS_DIR --store STORE (store= in kdlens.report.build_report)"
+    "pass it with kdlens report ANALYSIS_DIR --store STORE (store= in kdlens.build_report)"
 )
 
 Progress = Callable[[str], None]
@@ -160,7 +160,7 @@ def collect_report_data(
     Parameters
     ----------
     source
-        A logits store (path, directory, glob or :class:`~kdlens.store.LogitsStore`:
+        A logits store (path, directory, glob or :class:`~kdlens.store.parquet.LogitsStore`:
         analysed here), an analysis directory (``summary.parquet``, ``classes.parquet``,
         ``similarity.parquet``, ``edges.parquet``) or an object with ``.summary``
         (an ``AnalysisResult``).
@@ -170,7 +170,7 @@ def collect_report_data(
         The logits store behind an analysis, for the reliability diagram and the
         per-example entropy distributions (optional; a store ``source`` is used itself).
     recommendation
-        A :class:`kdlens.recommend.Recommendation`; computed here when ``None``.
+        A :class:`kdlens.recommend.rank.Recommendation`; computed here when ``None``.
     students
         Validation-experiment results: a frame or Parquet/CSV file with ``run``,
         ``checkpoint`` and ``student_accuracy`` (one row per student seed or per checkpoint).
@@ -224,7 +224,7 @@ def collect_report_data(
         notes.append(
             "class names are not recorded in the input: classes are shown by index "
             "(record them with --classes NAMES.txt on kdlens import, or class_names= of "
-            "kdlens.store.CheckpointWriter)"
+            "kdlens.CheckpointWriter)"
         )
     if recommendation is None:
         recommendation = _recommend(
@@ -370,10 +370,10 @@ def _first(df: pl.DataFrame, col: str, typ: Callable[[Any], Any]) -> Any:
 
 def _analyze(st: LogitsStore, temperature: float) -> Any:
     try:
-        from kdlens.analysis import analyze  # type: ignore[attr-defined]
+        from kdlens.analysis.engine import analyze  # type: ignore[attr-defined]
     except ImportError:
         raise InputError(
-            "kdlens.analysis.analyze is not available in this installation; "
+            "kdlens.analysis.engine.analyze is not available in this installation; "
             "pass an analysis directory instead"
         ) from None
     return analyze(st, temperature=temperature, n_permutations=N_PERMUTATIONS)
@@ -387,9 +387,9 @@ def _recommend(
     progress: Progress,
 ) -> Any:
     try:
-        from kdlens.recommend import recommend  # type: ignore[attr-defined]
+        from kdlens.recommend.rank import recommend  # type: ignore[attr-defined]
     except ImportError:
-        notes.append("kdlens.recommend is not available: no ranking is shown")
+        notes.append("kdlens.recommend.rank is not available: no ranking is shown")
         return None
     progress("ranking checkpoints")
     try:
@@ -518,8 +518,8 @@ def _store_details(
     n_bins: int | None,
 ) -> tuple[pl.DataFrame | None, pl.DataFrame | None, int]:
     """Reliability table (held-out split, T = 1) and entropy histograms (transfer split, at T)."""
-    from kdlens.calibration import DEFAULT_N_BINS, CalibrationAccumulator
-    from kdlens.softlabels import per_example
+    from kdlens.measures.calibration import DEFAULT_N_BINS, CalibrationAccumulator
+    from kdlens.measures.softlabels import per_example
 
     bins = int(n_bins or DEFAULT_N_BINS)
     rel: list[pl.DataFrame] = []
@@ -765,7 +765,7 @@ def _clusters(data: ReportData, S: np.ndarray) -> np.ndarray | None:
     if k < 4:
         return None
     try:
-        from kdlens.similarity import cluster_classes
+        from kdlens.measures.similarity import cluster_classes
 
         return np.asarray(cluster_classes(S, n_clusters=max(2, min(k - 1, round(math.sqrt(k))))))
     except (ImportError, KdlensError):
@@ -827,7 +827,7 @@ def _focus_edges(data: ReportData, split: str | None, S: np.ndarray) -> pl.DataF
                     "weight": e["weight"].cast(pl.Float64).to_numpy(),
                 }
             )
-    from kdlens.similarity import similarity_graph
+    from kdlens.measures.similarity import similarity_graph
 
     return similarity_graph(S, top_k=3)
 

@@ -2,7 +2,7 @@
 
 ``science.md``, "Distillation vs regularization", test 1. H0: the non-target mass has no
 class-consistent structure (the teacher is label smoothing plus noise). The statistic is
-the similarity information ``SI`` (:mod:`kdlens.similarity`). The null permutes each
+the similarity information ``SI`` (:mod:`kdlens.measures.similarity`). The null permutes each
 example's K − 1 non-target probabilities at random, which keeps every example's entropy
 and dark mass and destroys only the agreement between examples of one class. The
 p-value is ``(1 + #{null ≥ observed}) / (B + 1)``; the effect size ``SI`` and
@@ -24,7 +24,7 @@ Two ways to draw the null (``method``):
     11ᵀ/(K−1))``; each draw of a null row of ``S`` is ``1/(K−1) + (g − ḡ)·sqrt(that
     variance)/n_c`` with ``g`` standard normal (entries clipped at a tiny positive value
     and renormalised), and ``SI`` is computed from it. It needs only per-class counts
-    and sums of ``Σ_j q_j²``, which :class:`~kdlens.similarity.SimilarityAccumulator`
+    and sums of ``Σ_j q_j²``, which :class:`~kdlens.measures.similarity.SimilarityAccumulator`
     keeps, so it runs on a streamed result; cost ∝ K²·B, independent of n (1,000 draws
     on K = 100 take well under a second). The Gaussian approximation is good when
     classes have tens of examples or more; with fewer, prefer ``"exact"``.
@@ -51,7 +51,7 @@ import numpy as np
 from scipy.special import xlogy
 
 from kdlens.errors import InputError
-from kdlens.similarity import (
+from kdlens.measures.similarity import (
     SimilarityResult,
     _check_logits_labels,
     _check_temperature,
@@ -205,7 +205,7 @@ def _compute_analytic_null(
 def structure_test_from_result(
     result: SimilarityResult, *, n_permutations: int = 1000, seed: int | None = 0
 ) -> StructureTestResult:
-    """The structure test on a streamed :class:`~kdlens.similarity.SimilarityResult`.
+    """The structure test on a streamed :class:`~kdlens.measures.similarity.SimilarityResult`.
 
     Uses the analytic (moment-matched) null, which needs only the per-class sums the
     accumulator keeps. Deterministic in ``seed``.

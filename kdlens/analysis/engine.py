@@ -2,9 +2,9 @@
 
 For each part (run x checkpoint x split) the logits are read one bounded batch at
 a time; each batch goes through one log-softmax pass
-(:func:`kdlens.softlabels._compute_per_example`) whose per-example columns feed
+(:func:`kdlens.measures.softlabels._compute_per_example`) whose per-example columns feed
 the streaming accumulators (soft-label means, per-class sums, calibration
-histogram), the class-similarity accumulator of :mod:`kdlens.similarity`, a
+histogram), the class-similarity accumulator of :mod:`kdlens.measures.similarity`, a
 bounded hash-chosen sample for the temperature fit and, optionally, the
 per-example Parquet file. Memory is bounded by the batch size and K^2.
 
@@ -41,18 +41,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.special import log_softmax
 
-from kdlens._atomic import atomic_path, commit_temp, new_temp
-from kdlens.calibration import DEFAULT_N_BINS, TemperatureFitAccumulator
+from kdlens._internal.atomic import atomic_path, commit_temp, new_temp
 from kdlens.errors import InputError
-from kdlens.softlabels import (
+from kdlens.measures.calibration import DEFAULT_N_BINS, TemperatureFitAccumulator
+from kdlens.measures.softlabels import (
     DEFAULT_OEMC_DELTA,
     _check_temperature,
     _Core,
     _per_example_core,
     _Target,
 )
-from kdlens.store import Batch, LogitsStore, Part, open_store
-from kdlens.streaming import SoftLabelAccumulator
+from kdlens.measures.summary import SoftLabelAccumulator
+from kdlens.store.parquet import Batch, LogitsStore, Part, open_store
 
 __all__ = [
     "AnalysisResult",
@@ -309,7 +309,7 @@ def analyze(
 
     Parameters
     ----------
-    store : a :class:`~kdlens.store.LogitsStore` or anything :func:`open_store` takes.
+    store : a :class:`~kdlens.store.parquet.LogitsStore` or anything :func:`open_store` takes.
     temperature : T of the soft-label measures (recorded in every table).
     splits : analyse only these splits (default: all).
     oemc_delta : dark-mass threshold of the OEMC share.
@@ -318,7 +318,7 @@ def analyze(
     reference_probs : ``.npy``/``.npz`` reference probabilities; adds
         ``reference_similarity_spearman`` (Spearman between the symmetrised similarity
         matrices over class pairs: which way a confusion goes is mostly noise, see
-        :mod:`kdlens.similarity`) and ``reference_kl`` (mean KL(p_ref || p_T)).
+        :mod:`kdlens.measures.similarity`) and ``reference_kl`` (mean KL(p_ref || p_T)).
     per_example_path : stream every per-example quantity to this Parquet file.
     n_permutations : permutations of the structure test (0 skips it).
     drop_nonfinite : skip rows with NaN/Inf logits instead of refusing them.
@@ -339,7 +339,7 @@ def analyze(
     st = open_store(store)
     k = st.num_classes
     parts = _select_parts(st, splits)
-    from kdlens.similarity import read_hierarchy
+    from kdlens.measures.similarity import read_hierarchy
 
     sup = read_hierarchy(hierarchy, k, st.class_names)[0] if hierarchy is not None else None
     ref = read_reference_probs(reference_probs, k) if reference_probs is not None else None
@@ -506,7 +506,7 @@ class _PartAccumulators:
     def __init__(
         self, k: int, temperature: float, delta: float, n_bins: int, ref: _Reference | None
     ) -> None:
-        from kdlens.similarity import SimilarityAccumulator
+        from kdlens.measures.similarity import SimilarityAccumulator
 
         self.temperature, self.delta, self.ref = temperature, delta, ref
         self.soft = SoftLabelAccumulator(
@@ -670,7 +670,7 @@ def _analyze_part(
     if sup is not None:
         row.update(_superclass(res, sup, present))
     if ref is not None and ref_sim is not None:
-        from kdlens.similarity import reference_agreement
+        from kdlens.measures.similarity import reference_agreement
 
         s_ref = ref_sim.finalize().matrix
         row["reference_similarity_spearman"] = float(
@@ -722,7 +722,7 @@ def _present(m: np.ndarray, present: np.ndarray) -> np.ndarray:
 def _structure(res: Any, n_permutations: int) -> dict[str, float]:
     if n_permutations == 0:
         return {"structure_p_value": float("nan"), "structure_effect": float("nan")}
-    from kdlens.structure import structure_test_from_result
+    from kdlens.hypotheses.structure import structure_test_from_result
 
     st = structure_test_from_result(res, n_permutations=n_permutations, seed=0)
     return {
@@ -733,7 +733,7 @@ def _structure(res: Any, n_permutations: int) -> dict[str, float]:
 
 
 def _superclass(res: Any, sup: np.ndarray, present: np.ndarray) -> dict[str, float]:
-    from kdlens.similarity import superclass_recovery
+    from kdlens.measures.similarity import superclass_recovery
 
     est = np.asarray(getattr(res, "estimate", res.matrix), np.float64)
     rec = superclass_recovery(_present(est, present), sup[present])
@@ -757,7 +757,7 @@ def _long_similarity(s: np.ndarray, temperature: float) -> pl.DataFrame:
 
 
 def _edges(res: Any, top_k: int, present: np.ndarray, temperature: float) -> pl.DataFrame:
-    from kdlens.similarity import similarity_graph
+    from kdlens.measures.similarity import similarity_graph
 
     k = present.shape[0]
     if top_k <= 0:

@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kdlens._atomic import commit_temp, new_temp
+from kdlens._internal.atomic import commit_temp, new_temp
 from kdlens._version import __version__
 from kdlens.errors import InputError, StoreError
 

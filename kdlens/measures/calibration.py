@@ -21,7 +21,7 @@ import polars as pl
 from scipy.optimize import minimize_scalar
 
 from kdlens.errors import InputError
-from kdlens.softlabels import _check, _check_temperature, _Core, _margin_from, _Target
+from kdlens.measures.softlabels import _check, _check_temperature, _Core, _margin_from, _Target
 
 __all__ = [
     "DEFAULT_N_BINS",
@@ -72,7 +72,7 @@ class CalibrationAccumulator:
     """Streaming NLL, ECE and reliability histogram (float64 sums per bin).
 
     ``update_arrays`` takes per-example confidence, correctness and NLL (as
-    :func:`kdlens.softlabels.per_example` gives them); ``update`` takes logits.
+    :func:`kdlens.measures.softlabels.per_example` gives them); ``update`` takes logits.
     """
 
     def __init__(self, *, n_bins: int = DEFAULT_N_BINS, temperature: float = 1.0) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import log_softmax
 
 from kdlens.errors import InputError
-from kdlens.softlabels import _check_logits, _check_temperature
+from kdlens.measures.softlabels import _check_logits, _check_temperature
 
 __all__ = [
     "FidelityAccumulator",
@@ -152,7 +152,7 @@ def fidelity(
 
     ``a`` and ``b`` are ``(run, checkpoint)`` pairs; both parts are streamed side by side.
     """
-    from kdlens.store import open_store
+    from kdlens.store.parquet import open_store
 
     st = open_store(store)
     acc = FidelityAccumulator(temperature=temperature)

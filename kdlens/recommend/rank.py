@@ -47,7 +47,7 @@ import polars as pl
 from scipy.special import log_softmax, logsumexp
 
 from kdlens.errors import InputError, StoreError
-from kdlens.store import LogitsStore, open_store
+from kdlens.store.parquet import LogitsStore, open_store
 
 __all__ = [
     "DEFAULT_COLLAPSE_WEIGHT",

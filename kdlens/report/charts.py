@@ -1,7 +1,7 @@
 """The report's charts: altair (Vega-Lite) specs built from polars frames.
 
-Every builder takes plain frames (the tables of :mod:`kdlens.analysis` and
-:mod:`kdlens.recommend`, or frames with the same columns) and returns an altair
+Every builder takes plain frames (the tables of :mod:`kdlens.analysis.engine` and
+:mod:`kdlens.recommend.rank`, or frames with the same columns) and returns an altair
 chart whose data is inlined as JSON values, so a spec renders with no file or
 network access. A builder that cannot draw anything meaningful (one checkpoint,
 a missing column) raises :class:`ChartUnavailable` with a sentence that the
@@ -48,7 +48,7 @@ TRAJECTORY_METRICS: tuple[tuple[str, str, str], ...] = (
 NO_TRAINING_TIME = (
     "the checkpoints record no epoch (or step), so there is {what}: "
     "models imported with kdlens import carry none. Dump checkpoints along training with "
-    "kdlens dump (or pass epoch= and batch_size= to kdlens.store.CheckpointWriter)"
+    "kdlens dump (or pass epoch= and batch_size= to kdlens.CheckpointWriter)"
 )
 
 _WIDTH = 260  # one small-multiple panel; three fit a 1000 px column
@@ -157,7 +157,7 @@ def sweet_spot_chart(
     ----------
     sweet_spot : long form grid with ``row``, ``column`` (the two axis values),
         ``score``, ``run``, ``checkpoint``, ``rank``, ``recommended`` and optionally
-        ``missing``, ``row_axis``, ``column_axis`` (as :class:`kdlens.recommend.Recommendation`
+        ``missing``, ``row_axis``, ``column_axis`` (as :class:`kdlens.recommend.rank.Recommendation`
         gives it).
     students : optional (run, checkpoint, student_accuracy) from a validation
         experiment; its values are printed in the cells.
@@ -357,7 +357,7 @@ def _class_distance(S: np.ndarray) -> np.ndarray:
     """1 − correlation of the log rows of the symmetrised matrix (diagonal left out).
 
     Two classes are close when they are alike to the same other classes; this is
-    the distance :func:`kdlens.similarity.cluster_classes` clusters on.
+    the distance :func:`kdlens.measures.similarity.cluster_classes` clusters on.
     """
     W = _symmetric(S)
     k = W.shape[0]

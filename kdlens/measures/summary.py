@@ -1,7 +1,7 @@
 """Streaming accumulators for every per-checkpoint soft-label scalar.
 
 :class:`SoftLabelAccumulator` takes batches of logits (or the per-example arrays
-of :func:`kdlens.softlabels.per_example` when they are computed anyway), keeps
+of :func:`kdlens.measures.softlabels.per_example` when they are computed anyway), keeps
 float64 sums and int64 counts overall and per class, and merges with another
 accumulator. Memory is O(K + n_bins) whatever the number of examples.
 
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdlens.calibration import DEFAULT_N_BINS, CalibrationAccumulator, CalibrationResult
 from kdlens.errors import InputError
-from kdlens.softlabels import (
+from kdlens.measures.calibration import DEFAULT_N_BINS, CalibrationAccumulator, CalibrationResult
+from kdlens.measures.softlabels import (
     DEFAULT_OEMC_DELTA,
     _check_labels,
     _check_logits,
@@ -117,7 +117,7 @@ class SoftLabelAccumulator:
     ----------
     num_classes : K.
     temperature : T of every soft-label quantity (correct / nll / margin /
-        calibration stay at T = 1, see :mod:`kdlens.softlabels`).
+        calibration stay at T = 1, see :mod:`kdlens.measures.softlabels`).
     oemc_delta : the dark-mass threshold of the OEMC share.
     n_bins : confidence bins of the calibration histogram.
     """

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdlens._atomic import write_text_atomic
+from kdlens._internal.atomic import write_text_atomic
 from kdlens.errors import InputError
 
 __all__ = ["DemoResult", "run_demo"]
@@ -65,9 +65,9 @@ def run_demo(
         raise InputError(
             "the demo trains teachers and needs torch: pip install 'kdlens[torch]'"
         ) from None
-    from kdlens.analysis import analyze
-    from kdlens.recommend import recommend
-    from kdlens.report import build_report
+    from kdlens.analysis.engine import analyze
+    from kdlens.recommend.rank import recommend
+    from kdlens.report.build import build_report
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
