@@ -111,7 +111,8 @@ _export(
     "KNOWLEDGE_DISTILLATION",
     "REGULARIZATION_EFFECT",
 )
-_export("analysis.engine", "AnalysisResult", "NullProgress", "analyze", "read_reference_probs")
+_export("analysis.engine", "AnalysisResult", "analyze", "read_reference_probs")
+_export("_internal.progress", "NullProgress")
 _export(
     "recommend.rank",
     "DEFAULT_COLLAPSE_WEIGHT",
@@ -148,7 +149,8 @@ def __dir__() -> list[str]:
 
 
 if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from kdlens.analysis.engine import AnalysisResult, NullProgress, analyze, read_reference_probs
+    from kdlens._internal.progress import NullProgress
+    from kdlens.analysis.engine import AnalysisResult, analyze, read_reference_probs
     from kdlens.errors import InputError, KdlensError, StoreError
     from kdlens.harness.writer import LogitsWriter
     from kdlens.hypotheses.compare import (

@@ -13,10 +13,10 @@ from inputs import balanced_labels, one_hot_teacher
 from scipy import stats
 from scipy.special import log_softmax, logsumexp
 
+from kdlens._internal.hashing import poisson_weights
 from kdlens.errors import InputError, StoreError
 from kdlens.recommend.rank import (
     _collapse,
-    _poisson_weights,
     _SplitAccumulator,
     recommend,
     score_checkpoints,
@@ -248,12 +248,12 @@ def test_indistinguishable_top_is_said_plainly(tmp_path):
 
 def test_poisson_weights_deterministic_by_id():
     ids = np.arange(5000, dtype=np.int64)
-    w = _poisson_weights(ids, 20, seed=1)
+    w = poisson_weights(ids, 20, seed=1)
     assert w.shape == (20, 5000)
     assert w.mean() == pytest.approx(1.0, abs=0.03) and w.var() == pytest.approx(1.0, abs=0.06)
     perm = np.random.default_rng(0).permutation(5000)
-    np.testing.assert_array_equal(_poisson_weights(ids[perm], 20, seed=1), w[:, perm])
-    assert not np.array_equal(_poisson_weights(ids, 20, seed=2), w)
+    np.testing.assert_array_equal(poisson_weights(ids[perm], 20, seed=1), w[:, perm])
+    assert not np.array_equal(poisson_weights(ids, 20, seed=2), w)
 
 
 def test_accumulator_merge_equals_one_pass():

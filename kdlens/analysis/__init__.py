@@ -1,5 +1,5 @@
 """``kdlens analyze``: every measure per run x checkpoint x split, in one streamed pass."""
 
-from kdlens.analysis.engine import AnalysisResult, NullProgress, analyze, read_reference_probs
+from kdlens.analysis.engine import AnalysisResult, analyze, read_reference_probs
 
-__all__ = ["AnalysisResult", "NullProgress", "analyze", "read_reference_probs"]
+__all__ = ["AnalysisResult", "analyze", "read_reference_probs"]

@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 from scipy.special import log_softmax
 
 from kdlens._internal.atomic import atomic_path, commit_temp, new_temp
+from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
+from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
 from kdlens.measures.calibration import DEFAULT_N_BINS, TemperatureFitAccumulator
 from kdlens.measures.softlabels import (
@@ -56,15 +58,14 @@ from kdlens.store.parquet import Batch, LogitsStore, Part, open_store
 
 __all__ = [
     "AnalysisResult",
-    "NullProgress",
     "analyze",
     "read_reference_probs",
 ]
 
 #: Neighbours kept per class in the ``edges`` table.
-DEFAULT_TOP_K = 5
+DEFAULT_TOP_K = TOP_K
 #: The split used for the temperature fit when present.
-HELD_OUT_SPLIT = "val"
+HELD_OUT_SPLIT = FIT_SPLIT
 _LABEL_NEEDERS = (
     "accuracy",
     "nll",
@@ -76,51 +77,6 @@ _LABEL_NEEDERS = (
     "similarity_information",
     "instance_information",
 )
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class NullProgress:
-    """A progress reporter that shows nothing (the default)."""
-
-    def add_task(self, description: str, total: float | None = None, **kwargs: Any) -> int:
-        return 0
-
-    def advance(self, task_id: Any, advance: float = 1) -> None:
-        return None
-
-    def update(self, task_id: Any, **kwargs: Any) -> None:
-        return None
-
-
-class _CallableProgress(NullProgress):
-    """Adapts ``progress(done_rows, total_rows, description)`` to the reporter shape."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn, self.done, self.desc = fn, 0.0, ""
-        self.total: float | None = None
-
-    def add_task(self, description: str, total: float | None = None, **kwargs: Any) -> int:
-        self.desc, self.total = description, total
-        return 0
-
-    def advance(self, task_id: Any, advance: float = 1) -> None:
-        self.done += advance
-        self.fn(self.done, self.total, self.desc)
-
-    def update(self, task_id: Any, **kwargs: Any) -> None:
-        self.desc = kwargs.get("description", self.desc)
-
-
-def _as_progress(progress: Any) -> Any:
-    if progress is None:
-        return NullProgress()
-    if hasattr(progress, "add_task") and hasattr(progress, "advance"):
-        return progress  # rich.progress.Progress or alike
-    if callable(progress):
-        return _CallableProgress(progress)
-    raise InputError("progress must be a rich Progress-like object or a callable")
 
 
 # --------------------------------------------------------------------------- result
@@ -298,7 +254,7 @@ def analyze(
     hierarchy: str | os.PathLike[str] | None = None,
     reference_probs: str | os.PathLike[str] | None = None,
     per_example_path: str | os.PathLike[str] | None = None,
-    n_permutations: int = 1000,
+    n_permutations: int = N_PERMUTATIONS,
     drop_nonfinite: bool = False,
     use_predicted_labels: bool = False,
     top_k: int = DEFAULT_TOP_K,
@@ -343,7 +299,7 @@ def analyze(
 
     sup = read_hierarchy(hierarchy, k, st.class_names)[0] if hierarchy is not None else None
     ref = read_reference_probs(reference_probs, k) if reference_probs is not None else None
-    prog = _as_progress(progress)
+    prog = as_progress(progress)
     # A part may span several files: count the rows of every file it lives in.
     chosen = {(p.run, p.checkpoint, p.split) for p in parts}
     total = sum(p.num_rows for p in st.parts if (p.run, p.checkpoint, p.split) in chosen)

@@ -12,7 +12,8 @@ from rich import box
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kdlens.analysis.engine import NullProgress, analyze
+from kdlens._internal.progress import NullProgress
+from kdlens.analysis.engine import analyze
 from kdlens.cli._app import app, console, err_console, handle_errors
 from kdlens.hypotheses.controls import CONTROL_KINDS, make_controls
 

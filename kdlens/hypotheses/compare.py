@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdlens._internal.defaults import ALPHA, COMPARE_N_BOOTSTRAP
 from kdlens.errors import InputError, StoreError
 
 __all__ = [
@@ -113,10 +114,10 @@ def compare_students(
     b: Any,
     *,
     labels: Any,
-    n_bootstrap: int = 10_000,
+    n_bootstrap: int = COMPARE_N_BOOTSTRAP,
     seed: int | None = 0,
     confidence: float = 0.95,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
 ) -> StudentComparison:
     """Compare the real teacher's students ``a`` with a control's students ``b``.
 
@@ -276,9 +277,9 @@ def compare_stores(
     control_store: Any,
     *,
     split: str = "test",
-    n_bootstrap: int = 10_000,
+    n_bootstrap: int = COMPARE_N_BOOTSTRAP,
     seed: int | None = 0,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
 ) -> tuple[pl.DataFrame, StudentComparison]:
     """Compare two stores of *student* logits (real-teacher students vs control students).
 

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from scipy.special import xlogy
 
+from kdlens._internal.defaults import N_PERMUTATIONS
 from kdlens.errors import InputError
 from kdlens.measures.similarity import (
     SimilarityResult,
@@ -203,7 +204,7 @@ def _compute_analytic_null(
 
 
 def structure_test_from_result(
-    result: SimilarityResult, *, n_permutations: int = 1000, seed: int | None = 0
+    result: SimilarityResult, *, n_permutations: int = N_PERMUTATIONS, seed: int | None = 0
 ) -> StructureTestResult:
     """The structure test on a streamed :class:`~kdlens.measures.similarity.SimilarityResult`.
 
@@ -260,7 +261,7 @@ def structure_test(
     labels: Any,
     *,
     temperature: float = 1.0,
-    n_permutations: int = 1000,
+    n_permutations: int = N_PERMUTATIONS,
     seed: int | None = 0,
     method: str = "auto",
 ) -> StructureTestResult:

@@ -20,6 +20,8 @@ import numpy as np
 import polars as pl
 from scipy.optimize import minimize_scalar
 
+from kdlens._internal.defaults import N_BINS, TEMPERATURE_BOUNDS
+from kdlens._internal.hashing import splitmix64
 from kdlens.errors import InputError
 from kdlens.measures.softlabels import _check, _check_temperature, _Core, _margin_from, _Target
 
@@ -34,9 +36,8 @@ __all__ = [
     "reliability_table",
 ]
 
-DEFAULT_N_BINS = 15
+DEFAULT_N_BINS = N_BINS
 #: Search interval of :func:`fit_temperature` (the optimisation runs on log T).
-TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 
 def _check_bins(n_bins: int) -> int:
@@ -198,17 +199,6 @@ def fit_temperature(
     return _compute_fit_temperature(z, y, (lo, hi))
 
 
-def _hash_ids(ids: np.ndarray) -> np.ndarray:
-    """splitmix64 of the example ids: a fixed pseudo-random priority per example."""
-    x = ids.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x += np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return x
-
-
 class TemperatureFitAccumulator:
     """Keeps a bounded sample of labelled examples to fit a temperature on.
 
@@ -235,7 +225,7 @@ class TemperatureFitAccumulator:
     ) -> TemperatureFitAccumulator:
         keep = labels >= 0
         ids = example_ids[keep]
-        prio = _hash_ids(ids)
+        prio = splitmix64(ids)
         if self.n >= self.max_rows:
             # Only rows that can enter the sample are copied.
             sel = prio <= self._prio.max()

@@ -30,6 +30,7 @@ import numpy as np
 import polars as pl
 from scipy.special import log_softmax
 
+from kdlens._internal.defaults import OEMC_DELTA
 from kdlens.errors import InputError
 
 __all__ = [
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 #: Default OEMC threshold on the dark mass at temperature T.
-DEFAULT_OEMC_DELTA = 0.05
+DEFAULT_OEMC_DELTA = OEMC_DELTA
 #: Below this non-target sum (in the frame shifted by the row maximum) a row is
 #: recomputed with the non-target maximum as shift, so ``q`` never underflows.
 _RESHIFT_BELOW = 1e-150

@@ -46,6 +46,15 @@ import numpy as np
 import polars as pl
 from scipy.special import log_softmax, logsumexp
 
+from kdlens._internal.defaults import (
+    BOOTSTRAP_SEED,
+    COLLAPSE_WEIGHT,
+    HELDOUT_SPLITS,
+    N_BOOTSTRAP,
+    RECOMMEND_TEMPERATURE,
+    TRANSFER_SPLIT,
+)
+from kdlens._internal.hashing import poisson_weights
 from kdlens.errors import InputError, StoreError
 from kdlens.store.parquet import LogitsStore, open_store
 
@@ -59,12 +68,10 @@ __all__ = [
     "score_checkpoints",
 ]
 
-TRANSFER_SPLIT = "train"
-HELDOUT_SPLITS = ("val", "test")
 #: Weight of the transfer-split collapse (nats of score per nat of lost dark mass).
-DEFAULT_COLLAPSE_WEIGHT = 0.1
+DEFAULT_COLLAPSE_WEIGHT = COLLAPSE_WEIGHT
 #: The distillation temperature most recipes use; signals are measured at it by default.
-DEFAULT_TEMPERATURE = 4.0
+DEFAULT_TEMPERATURE = RECOMMEND_TEMPERATURE
 #: Summary columns holding the NLL at the fitted temperature, if an analysis provides one.
 _NLL_FIT_COLUMNS = ("nll_fitted", "nll_at_fitted_temperature", "nll_fit")
 #: Dark-mass threshold of an OEMC example (science.md default), at the analysis temperature.
@@ -172,32 +179,6 @@ def _key(run: str, checkpoint: str) -> str:
 
 # --------------------------------------------------------------------------- bootstrap weights
 
-_POISSON1_CDF = np.cumsum([math.exp(-1.0) / math.factorial(k) for k in range(20)])
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-
-
-def _poisson_weights(example_ids: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
-    """Deterministic Poisson(1) weights, shape (n_bootstrap, n), keyed by example id.
-
-    A splitmix64 hash of (seed, replicate, id) makes the weight of an example the
-    same in every checkpoint and every batch, so weighted sums stream and pair.
-    """
-    ids = np.asarray(example_ids, dtype=np.int64).astype(np.uint64)
-    reps = np.arange(n_bootstrap, dtype=np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(
-        1 << 20
-    )
-    with np.errstate(over="ignore"):
-        x = ids[None, :] * _M1 + (reps[:, None] + np.uint64(1)) * _M2
-        x ^= x >> np.uint64(30)
-        x *= _M2
-        x ^= x >> np.uint64(27)
-        x *= _M3
-        x ^= x >> np.uint64(31)
-    u = (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.float64)
-
 
 # --------------------------------------------------------------------------- per-split accumulator
 
@@ -277,7 +258,7 @@ class _SplitAccumulator:
         self.class_n += onehot.sum(axis=0)
         self.sim += onehot.T @ q
         if self.n_bootstrap:
-            w = _poisson_weights(ids, self.n_bootstrap, self.seed)
+            w = poisson_weights(ids, self.n_bootstrap, self.seed)
             self.boot_n += w.sum(axis=1)
             self.boot_sums += w @ v
             if self.boot_sim is not None and self.boot_class_n is not None:
@@ -674,8 +655,8 @@ def recommend(
     source: LogitsStore | pl.DataFrame | str | os.PathLike[str] | Sequence[str],
     *,
     temperature: float = DEFAULT_TEMPERATURE,
-    n_bootstrap: int = 200,
-    seed: int = 0,
+    n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
     top: int | None = None,
     collapse_weight: float = DEFAULT_COLLAPSE_WEIGHT,
 ) -> Recommendation:

@@ -31,6 +31,13 @@ import numpy as np
 import polars as pl
 
 from kdlens._internal.atomic import write_bytes_atomic
+from kdlens._internal.defaults import (
+    ALPHA,
+    HELDOUT_SPLITS,
+    N_BOOTSTRAP,
+    N_PERMUTATIONS,
+    TRANSFER_SPLIT,
+)
 from kdlens._version import __version__
 from kdlens.errors import InputError, KdlensError
 from kdlens.report.charts import (
@@ -62,17 +69,12 @@ __all__ = [
 ANALYSIS_TABLES = ("summary", "classes", "similarity", "edges")
 #: Tables used when present (older analyses lack them).
 OPTIONAL_TABLES = ("calibration",)
-TRANSFER_SPLIT = "train"
-HELDOUT_SPLITS = ("val", "test")
 #: Significance level of the structure-test verdicts, and the effect size below
 #: which a significant structure is called weak (SI / log(K − 1)).
-ALPHA = 0.05
 WEAK_EFFECT = 0.05
 #: Checkpoints x K^2 cells above which the similarity selector offers fewer checkpoints.
 _MAX_SIMILARITY_CELLS = 60_000
 _ENTROPY_BINS = 25
-#: Permutations of the structure test when the report analyses a store itself.
-N_PERMUTATIONS = 200
 _MAX_DETAIL_TEACHERS = 4
 #: How to give the report its logits store, for CLI and Python users alike.
 _STORE_HINT = (
@@ -151,7 +153,7 @@ def collect_report_data(
     recommendation: Any = None,
     students: Any = None,
     checkpoint: str | None = None,
-    n_bootstrap: int = 100,
+    n_bootstrap: int = N_BOOTSTRAP,
     title: str | None = None,
     progress: Progress = _quiet,
 ) -> ReportData:
@@ -1233,7 +1235,7 @@ def build_report(
     recommendation: Any = None,
     students: Any = None,
     checkpoint: str | None = None,
-    n_bootstrap: int = 100,
+    n_bootstrap: int = N_BOOTSTRAP,
     png_dir: str | os.PathLike[str] | None = None,
     title: str | None = None,
     progress: Progress = _quiet,

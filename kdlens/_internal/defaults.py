@@ -1,0 +1,37 @@
+"""The one home of kdlens's defaults: the library, the CLI and the report import them.
+
+Every count (bootstrap replicates, permutations) and every binning choice used by an
+output is stated in that output; keeping the values here makes two commands on the
+same store report the same numbers.
+"""
+
+from __future__ import annotations
+
+#: Split roles. The transfer split is what the student trains on; the held-out split
+#: is the first of HELDOUT_SPLITS present in the store.
+TRANSFER_SPLIT = "train"
+HELDOUT_SPLITS = ("val", "test")
+#: The split the temperature fit uses when it is analysed.
+FIT_SPLIT = "val"
+
+#: Soft-label measures: OEMC counts an example when its dark mass is >= this.
+OEMC_DELTA = 0.05
+#: Equal-width confidence bins of the ECE and the reliability table.
+N_BINS = 15
+#: Search interval of the temperature fit (a fit at a bound is degenerate).
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+#: Neighbours kept per class in the similarity ``edges`` table.
+TOP_K = 5
+
+#: Hypothesis tests.
+N_PERMUTATIONS = 1000
+ALPHA = 0.05
+#: Student comparison (``compare``): paired bootstrap replicates.
+COMPARE_N_BOOTSTRAP = 10_000
+
+#: Ranking (``recommend``): the temperature and collapse weight the score was validated
+#: at, and the Poisson-bootstrap replicates of P(best).
+RECOMMEND_TEMPERATURE = 4.0
+COLLAPSE_WEIGHT = 0.1
+N_BOOTSTRAP = 200
+BOOTSTRAP_SEED = 0
