@@ -123,7 +123,9 @@ _export(
     "recommend",
     "score_checkpoints",
 )
-_export("report.build", "ReportData", "build_report", "collect_report_data", "export_charts")
+_export("report.build", "build_report")
+_export("report.data", "ReportData", "collect_report_data")
+_export("report.render", "export_charts")
 _export("harness.writer", "LogitsWriter")
 
 __all__ = sorted(["__version__", *_PUBLIC])
@@ -232,7 +234,9 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
         recommend,
         score_checkpoints,
     )
-    from kdlens.report.build import ReportData, build_report, collect_report_data, export_charts
+    from kdlens.report.build import build_report
+    from kdlens.report.data import ReportData, collect_report_data
+    from kdlens.report.render import export_charts
     from kdlens.store.importing import ImportedCheckpoint, import_files, read_array_file
     from kdlens.store.parquet import (
         FORMAT_VERSION,

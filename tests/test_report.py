@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from kdlens.errors import InputError
-from kdlens.report.build import (
+from kdlens.report import (
     build_report,
     collect_report_data,
     export_charts,

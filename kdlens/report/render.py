@@ -1,0 +1,425 @@
+"""The report page: HTML around the charts, Vega inlined (never fetched), PNG/SVG export."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import html
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import polars as pl
+
+from kdlens._internal.atomic import write_bytes_atomic
+from kdlens._internal.defaults import (
+    ALPHA,
+)
+from kdlens._version import __version__
+from kdlens.errors import InputError
+from kdlens.report.charts import (
+    teacher_label,
+)
+from kdlens.report.data import (
+    WEAK_EFFECT,
+    ReportData,
+)
+from kdlens.report.sections import (
+    Section,
+    report_charts,
+)
+
+__all__ = ["export_charts", "render_report"]
+
+
+@functools.lru_cache(maxsize=2)
+def _vega_bundle(vl_version: str | None) -> str:
+    try:
+        import vl_convert as vlc
+    except ImportError:
+        raise InputError(
+            "the report inlines Vega from vl-convert-python, which is not installed "
+            "(pip install vl-convert-python)"
+        ) from None
+    js = vlc.javascript_bundle(vl_version=vl_version)  # type: ignore[call-arg]
+    # "</script" inside a script element would end it early; "<\/" means the same in JS.
+    return js.replace("</script", "<\\/script")
+
+
+def _vl_version() -> str | None:
+    try:
+        import vl_convert as vlc
+    except ImportError:
+        return None
+    want = alt.SCHEMA_VERSION.lstrip("v").rsplit(".", 1)[0]  # "6.4.1" -> "6.4"
+    return want if want in vlc.get_vegalite_versions() else None
+
+
+def _spec(chart: Any) -> dict[str, Any]:
+    spec = chart.to_dict(validate=True)
+    spec.setdefault("config", {}).setdefault(
+        "font", "system-ui, -apple-system, 'Segoe UI', sans-serif"
+    )
+    return spec
+
+
+def render_report(data: ReportData, sections: list[Section] | None = None) -> str:
+    """The report as one HTML string (scripts and data inlined)."""
+    sections = report_charts(data) if sections is None else sections
+    specs: dict[str, Any] = {}
+    body: list[str] = []
+    by_key = {s.key: s for s in sections}
+
+    def slot(key: str) -> str:
+        s = by_key.get(key)
+        if s is None:
+            return ""
+        out = [
+            f'<section class="card" id="sec-{key}"><h2>{_e(s.title)}</h2>',
+            f'<p class="caption">{_e(s.caption)}</p>',
+        ]
+        if s.chart is not None:
+            cid = f"chart-{key}"
+            specs[cid] = _spec(s.chart)
+            out.append(f'<div class="chart" id="{cid}" data-chart="{key}"></div>')
+        else:
+            out.append(f'<p class="unavailable">Not shown: {_e(s.unavailable or "")}.</p>')
+        out.append("</section>")
+        return "".join(out)
+
+    body.append(_header_html(data))
+    body.append(_recommendation_html(data))
+    body.append(slot("sweet_spot"))
+    body.append(slot("trajectories"))
+    body.append('<div class="row">' + slot("pareto") + _ranking_html(data) + "</div>")
+    body.append('<div class="row">' + slot("similarity") + slot("graph") + "</div>")
+    body.append('<div class="row">' + slot("reliability") + slot("entropy") + "</div>")
+    body.append(_hypothesis_html(data))
+    body.append(_methods_html(data))
+    specs_json = json.dumps(specs, allow_nan=False).replace("</", "<\\/")
+    bundle = _vega_bundle(_vl_version())
+    return _PAGE.format(
+        title=_e(data.title),
+        css=_CSS,
+        body="\n".join(b for b in body if b),
+        bundle=bundle,
+        specs=specs_json,
+        embed=_EMBED_JS,
+    )
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v: Any, spec: str = ".4f") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    if isinstance(v, float):
+        return format(v, spec)
+    return str(v)
+
+
+def _header_html(data: ReportData) -> str:
+    n_teachers = len(data.teachers)
+    facts = [
+        ("source", data.source),
+        ("dataset", data.dataset or "—"),
+        ("model", data.model or "—"),
+        (
+            "classes",
+            f"K = {data.num_classes}"
+            + ("" if data.class_names_known else " (names unknown: indices)"),
+        ),
+        ("checkpoints", f"{n_teachers} (run × checkpoint)"),
+        ("splits", ", ".join(data.splits)),
+        ("temperature", f"T = {data.temperature:g} for soft-label measures; calibration at T = 1"),
+        ("confidence bins", f"{data.n_bins or 15} equal-width bins on [0, 1]"),
+        (
+            "OEMC threshold",
+            f"dark mass ≥ δ = {data.oemc_delta if data.oemc_delta is not None else 0.05:g}",
+        ),
+    ]
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"<header><h1>{_e(data.title)}</h1>"
+        '<p class="sub">Which teacher checkpoint to distill from, '
+        f"and why. kdlens {_e(__version__)}, {stamp}.</p>"
+        f'<table class="facts">{rows}</table></header>'
+    )
+
+
+def _recommendation_html(data: ReportData) -> str:
+    rec = data.recommendation
+    notes = list(data.notes)
+    if rec is None:
+        inner = "<p>No recommendation was computed.</p>"
+    else:
+        best = getattr(rec, "recommended", None)
+        notes += list(getattr(rec, "notes", []) or [])
+        if best is None:
+            inner = f"<p>No recommendation: {_e(getattr(rec, 'reason', ''))}</p>"
+        else:
+            key = teacher_label(best.get("run"), best.get("checkpoint"))
+            bits = [
+                f"batch size {best['batch_size']}" if best.get("batch_size") is not None else "",
+                f"epoch {best['epoch']}" if best.get("epoch") is not None else "",
+            ]
+            where = ", ".join(b for b in bits if b)
+            p = best.get("probability_best")
+            inner = (
+                f'<p class="pick">Distill from <b>{_e(key)}</b>'
+                + (f" ({_e(where)})" if where else "")
+                + (f", P(best) = {p:.2f}" if isinstance(p, float) and math.isfinite(p) else "")
+                + "</p>"
+                + f"<p>{_e(getattr(rec, 'reason', ''))}</p>"
+                + f'<p class="caption">Ranked at T = {getattr(rec, "temperature", float("nan")):g} '
+                + "(the distillation temperature the score was validated at; the soft-label "
+                + "charts below use the analysis temperature). "
+                + f"{_e(getattr(rec, 'score_definition', '') or '')}</p>"
+            )
+            advice = list(getattr(rec, "advice", []) or [])
+            if advice:
+                inner += "<ul>" + "".join(f"<li>{_e(a)}</li>" for a in advice) + "</ul>"
+    if notes:
+        inner += (
+            '<div class="notes"><b>Notes</b><ul>'
+            + "".join(f"<li>{_e(n)}</li>" for n in dict.fromkeys(notes))
+            + "</ul></div>"
+        )
+    return f'<section class="card rec"><h2>Recommendation</h2>{inner}</section>'
+
+
+def _ranking_html(data: ReportData, top: int = 10) -> str:
+    rec = data.recommendation
+    ranking = getattr(rec, "ranking", None)
+    if not isinstance(ranking, pl.DataFrame) or ranking.height == 0:
+        return ""
+    t = getattr(data.recommendation, "temperature", None) if data.recommendation else None
+    at = f", T={t:g}" if isinstance(t, float) else ""
+    cols = [
+        ("rank", "rank", "d"),
+        ("run", "run", ""),
+        ("checkpoint", "checkpoint", ""),
+        ("score", "score", ".4f"),
+        ("probability_best", "P(best)", ".2f"),
+        ("accuracy_heldout", "held-out acc.", ".2%"),
+        ("dark_mass_transfer", f"dark mass (train{at})", ".4f"),
+        ("similarity_information_transfer", f"SI (train{at})", ".4f"),
+    ]
+    cols = [c for c in cols if c[0] in ranking.columns]
+    head = "".join(f"<th>{_e(t)}</th>" for _, t, _ in cols)
+    rows = []
+    for r in ranking.head(top).iter_rows(named=True):
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{_e(_fmt(r[c], f) if f and f != 'd' else _fmt(r[c]))}</td>"
+                for c, _, f in cols
+            )
+            + "</tr>"
+        )
+    return (
+        f'<section class="card" id="sec-ranking"><h2>Ranking (top {min(top, ranking.height)} of '
+        f'{ranking.height})</h2><div class="scroll"><table class="data">'
+        f"<thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def _hypothesis_html(data: ReportData) -> str:
+    s = data.summary
+    title = "Distillation or regularization? The structure test"
+    intro = (
+        "H0: the non-target mass has no class-consistent structure (label smoothing plus noise). "
+        "Statistic: similarity information SI; null: each example's K−1 non-target probabilities "
+        f"permuted at random. Verdict at α = {ALPHA:g} per checkpoint; "
+        "a significant structure with "
+        f"SI / log(K−1) < {WEAK_EFFECT:g} is called weak "
+        "(with many examples any real teacher rejects "
+        "H0, so read the effect size)."
+    )
+    if "structure_p_value" not in s.columns or s["structure_p_value"].null_count() == s.height:
+        return (
+            f'<section class="card" id="sec-hypothesis"><h2>{title}</h2>'
+            f'<p class="caption">{_e(intro)}</p>'
+            '<p class="unavailable">Not shown: the analysis has no structure test '
+            "(column structure_p_value).</p></section>"
+        )
+    df = s.filter(pl.col("structure_p_value").is_not_null())
+    eff_col = next(
+        (c for c in ("similarity_information_normalized", "structure_effect") if c in df.columns),
+        None,
+    )
+    rows = []
+    for r in df.iter_rows(named=True):
+        p = float(r["structure_p_value"])
+        eff = r.get(eff_col) if eff_col else None
+        if p >= ALPHA:
+            verdict, cls = "no structure detected: regularization effect only", "v-reg"
+        elif eff is not None and math.isfinite(float(eff)) and float(eff) < WEAK_EFFECT:
+            verdict, cls = "structure significant but weak", "v-weak"
+        else:
+            verdict, cls = "class-similarity structure: knowledge to distill", "v-kd"
+        rows.append(
+            f"<tr><td>{_e(teacher_label(r['run'], r['checkpoint']))}</td><td>{_e(r['split'])}</td>"
+            f"<td>{_e(_fmt(r.get('similarity_information')))}</td><td>{_e(_fmt(eff))}</td>"
+            f"<td>{_e(_fmt(p, '.4g'))}</td><td class='{cls}'>{_e(verdict)}</td></tr>"
+        )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("checkpoint", "split", "SI (nats)", "effect SI / log(K−1)", "p-value", "verdict")
+    )
+    return (
+        f'<section class="card" id="sec-hypothesis"><h2>{title}</h2>'
+        f'<p class="caption">{_e(intro)}</p>'
+        f'<div class="scroll tall"><table class="data"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+    )
+
+
+def _methods_html(data: ReportData) -> str:
+    items = [
+        f"p = softmax(z / T) with T = {data.temperature:g}; natural logs (nats).",
+        "dark mass = 1 − p_y, computed as exp(LSE(z≠y/T) − LSE(z/T)) (exact when p_y ≈ 1).",
+        "non-target distribution q = softmax(z≠y / T) over the K−1 other classes; its entropy is "
+        "normalised by log(K−1).",
+        "S[c, j] = mean of q(j) over examples of class c; "
+        "SI = mean over classes of KL(S[c] ‖ uniform).",
+        f"OEMC share = share of examples with dark mass ≥ δ "
+        f"(δ = {data.oemc_delta if data.oemc_delta is not None else 0.05:g}).",
+        f"Calibration: {data.n_bins or 15} equal-width confidence bins, T = 1.",
+    ]
+    if data.recommendation is not None and getattr(data.recommendation, "score_definition", None):
+        items.append(f"Score: {data.recommendation.score_definition}.")
+    return (
+        '<section class="card"><h2>Definitions</h2><ul>'
+        + "".join(f"<li>{_e(i)}</li>" for i in items)
+        + "</ul></section>"
+    )
+
+
+_CSS = """
+:root { --fg:#1d2330; --muted:#5b6577; --line:#e2e6ee; --accent:#e4572e; }
+* { box-sizing: border-box; }
+body { margin:0; background:#f5f6f9; color:var(--fg);
+  font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; }
+main { max-width:1240px; margin:0 auto; padding:20px 24px 48px; }
+header h1 { margin:0 0 2px; font-size:26px; }
+.sub { color:var(--muted); margin:0 0 12px; }
+.facts { border-collapse:collapse; font-size:13px; }
+.facts th { text-align:left; color:var(--muted); font-weight:600; padding:1px 14px 1px 0; }
+.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 18px;
+  margin:14px 0; overflow-x:auto; }
+.card h2 { margin:0 0 4px; font-size:18px; }
+.caption { color:var(--muted); margin:0 0 10px; font-size:13.5px; max-width:980px; }
+.row { display:flex; flex-wrap:wrap; gap:14px; align-items:flex-start; }
+.row > .card { flex:1 1 460px; margin:0; min-width:0; }
+.row { margin:14px 0; }
+.rec { border-left:5px solid var(--accent); }
+.pick { font-size:17px; margin:4px 0; }
+.notes { color:var(--muted); font-size:13px; }
+.unavailable { color:#8a5a00; background:#fff7e0; padding:8px 10px; border-radius:6px; }
+table.data { border-collapse:collapse; font-size:13px; width:100%; }
+table.data th, table.data td { border-bottom:1px solid var(--line); padding:3px 8px;
+  text-align:left;
+  white-space:nowrap; }
+table.data th { position:sticky; top:0; background:#fff; }
+.scroll { overflow:auto; }
+.scroll.tall { max-height:420px; }
+.v-kd { color:#1b7f3b; font-weight:600; } .v-weak { color:#8a5a00; }
+.v-reg { color:#b3261e; font-weight:600; }
+.chart-error { color:#b3261e; }
+"""
+
+_EMBED_JS = """
+(function () {
+  var specs = JSON.parse(document.getElementById("kdlens-specs").textContent);
+  var status = { rendered: [], failed: [] };
+  window.kdlensStatus = status;
+  var opts = { renderer: "svg",
+    actions: { export: true, source: false, compiled: false, editor: false } };
+  var jobs = Object.keys(specs).map(function (id) {
+    return vegaEmbed("#" + id, specs[id], opts).then(
+      function () { status.rendered.push(id); },
+      function (err) {
+        status.failed.push(id);
+        var el = document.getElementById(id);
+        el.className += " chart-error";
+        el.textContent = "This chart failed to render: " + err;
+        console.error("kdlens chart " + id + ": " + err);
+      });
+  });
+  Promise.all(jobs).then(function () {
+    document.body.setAttribute("data-kdlens-rendered", String(status.rendered.length));
+    document.body.setAttribute("data-kdlens-failed", String(status.failed.length));
+    document.body.setAttribute("data-kdlens-done", "1");
+    document.dispatchEvent(new Event("kdlens-rendered"));
+  });
+})();
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>{css}</style>
+<script>{bundle}</script>
+</head>
+<body>
+<main>
+{body}
+</main>
+<script type="application/json" id="kdlens-specs">{specs}</script>
+<script>{embed}</script>
+</body>
+</html>
+"""
+
+
+# --------------------------------------------------------------------------- output
+
+
+def export_charts(
+    sections: Sequence[Section],
+    out_dir: str | os.PathLike[str],
+    *,
+    formats: Sequence[str] = ("png", "svg"),
+    scale: float = 2.0,
+) -> list[Path]:
+    """Write each available chart as ``<key>.png`` / ``<key>.svg`` (vl-convert-python).
+
+    Selectors are static in these files: the default checkpoint is shown.
+    """
+    try:
+        import vl_convert as vlc
+    except ImportError:
+        raise InputError(
+            "static export needs vl-convert-python (pip install vl-convert-python)"
+        ) from None
+    bad = [f for f in formats if f not in ("png", "svg")]
+    if bad:
+        raise InputError(f"formats must be png and/or svg, got {bad}")
+    out = Path(out_dir)
+    written: list[Path] = []
+    version = _vl_version()
+    for s in sections:
+        if s.chart is None:
+            continue
+        spec = _spec(s.chart)
+        for fmt in formats:
+            path = out / f"{s.key}.{fmt}"
+            if fmt == "png":
+                data = vlc.vegalite_to_png(spec, vl_version=version, scale=scale)
+            else:
+                data = vlc.vegalite_to_svg(spec, vl_version=version).encode()
+            write_bytes_atomic(path, data)
+            written.append(path)
+    return written
