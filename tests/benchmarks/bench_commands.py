@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,22 +76,21 @@ def write_store(root: Path, checkpoints: int, n_train: int, n_val: int, k: int) 
     return store
 
 
-def run(cmd: list[str]) -> dict[str, float]:
+def run(cmd: list[str]) -> dict[str, Any]:
     """Wall time and peak RSS of one command in its own process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=_env()
-    )
-    _, status, ru = os.wait4(proc.pid, 0)  # this child's own rusage
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read().decode() if proc.stdout else ""
-    err = proc.stderr.read().decode() if proc.stderr else ""
+    with tempfile.TemporaryFile() as log:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env())
+        _, status, ru = os.wait4(proc.pid, 0)  # this child's own rusage
+        wall = time.perf_counter() - t0
+        log.seek(0)
+        lines = log.read().decode(errors="replace").strip().splitlines()
     return {
         "wall": wall,
         "rss_gib": ru.ru_maxrss / 1024**2,
         "rc": os.waitstatus_to_exitcode(status),
-        "tail": (out + err).strip().splitlines()[-1:] or [""],
-    }  # type: ignore[dict-item]
+        "tail": lines[-1] if lines else "",
+    }
 
 
 def _env() -> dict[str, str]:
@@ -120,7 +120,7 @@ def main() -> None:
             "recommend": [*py, "recommend", str(store)],
             "report": [*py, "report", str(store), "-o", str(scratch / "report.html")],
         }
-        results: dict[str, dict[str, float]] = {}
+        results: dict[str, dict[str, Any]] = {}
         for name, cmd in commands.items():
             runs = [run(cmd) for _ in range(a.repeats)]
             runs.sort(key=lambda r: r["wall"])
@@ -140,7 +140,7 @@ def main() -> None:
                     "peak_rss_gib": round(r["rss_gib"], 2),
                     "ratio_to_analyze": round(r["wall"] / base, 3),
                     "exit_code": r["rc"],
-                    "last_line": r["tail"][0][:120],  # type: ignore[index]
+                    "last_line": r["tail"][:120],
                 }
                 for name, r in results.items()
             },
