@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdlens._internal.checks import check_labels, check_positive_int
 from kdlens._internal.defaults import ALPHA, COMPARE_N_BOOTSTRAP
 from kdlens.errors import InputError, StoreError
 
@@ -77,6 +78,13 @@ class StudentComparison:
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(self).items()
         }
+
+
+def _check_options(n_bootstrap: Any, alpha: float, confidence: float = 0.95) -> None:
+    check_positive_int(n_bootstrap, name="n_bootstrap")
+    for name, v in (("confidence", confidence), ("alpha", alpha)):
+        if not 0 < v < 1:
+            raise InputError(f"{name} must lie in (0, 1), got {v}")
 
 
 def _correctness(x: Any, labels: np.ndarray, side: str) -> np.ndarray:
@@ -135,17 +143,10 @@ def compare_students(
     alpha : float
         Significance level of the verdict.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-        raise InputError(f"labels must be a 1-D int array, got shape {y.shape} dtype {y.dtype}")
+    y = check_labels(labels, None, None)
     if y.size == 0:
         raise InputError("compare_students needs at least one example")
-    if int(n_bootstrap) < 1:
-        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    _check_options(n_bootstrap, alpha, confidence)
     ca = _correctness(a, y, "a")
     cb = _correctness(b, y, "b")
     return _compute_comparison(
@@ -295,10 +296,7 @@ def compare_stores(
     """
     from kdlens.store.parquet import open_store
 
-    if int(n_bootstrap) < 1:
-        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    _check_options(n_bootstrap, alpha)
     sides = {"real": open_store(real_store), "control": open_store(control_store)}
     got = {}
     for side, st in sides.items():
