@@ -93,9 +93,7 @@ def superclass_recovery(
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    sup = np.asarray(superclass_of_class)
-    if sup.ndim != 1 or (sup.size and not np.issubdtype(sup.dtype, np.integer)):
-        raise InputError(f"superclass_of_class must be a 1-D int array, got shape {sup.shape}")
+    sup = check_labels(superclass_of_class, None, None, name="superclass_of_class")
     arr = np.asarray(S_or_clusters)
     if arr.ndim == 2:
         if arr.shape[0] != sup.shape[0]:
