@@ -90,3 +90,20 @@ NAMED_TEACHERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
     "noisy_label_smoothing": noisy_label_smoothing_teacher,
     "superclass": lambda **kw: superclass_teacher(**kw)[:2],
 }
+
+
+def partly_labelled_teacher(n: int = 600, k: int = 10, *, seed: int = 0, missing: float = 0.25):
+    """The random teacher with a share of labels missing (-1), for the functions that
+    document that they skip and count unlabelled rows."""
+    z, y = random_teacher(n, k, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    y = y.copy()
+    y[rng.random(n) < missing] = -1
+    return z, y
+
+
+#: Every named input: the teachers plus one with missing labels.
+NAMED_INPUTS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {
+    **NAMED_TEACHERS,
+    "partly_labelled": partly_labelled_teacher,
+}

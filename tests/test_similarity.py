@@ -119,14 +119,12 @@ def test_superclass_teacher_clusters_recover_superclasses(n_super, per_super, se
 
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), name=st.sampled_from(TEACHERS))
-def test_invariant_to_example_order_class_renaming_and_shift(seed, name):
+def test_invariant_to_class_renaming(seed, name):
+    # Example order and logit shifts: tests/test_accumulators.py, for every accumulator.
     z, y = inputs.NAMED_TEACHERS[name](seed=seed % 7)
     k = z.shape[1]
     rng = np.random.default_rng(seed)
     base = _result(z, y)
-    order = rng.permutation(z.shape[0])
-    shuffled = _result(z[order], y[order])
-    np.testing.assert_allclose(shuffled.matrix, base.matrix, atol=1e-12)
     # rename: new class perm[c] is old class c
     perm = rng.permutation(k)
     inv = np.argsort(perm)
@@ -136,33 +134,6 @@ def test_invariant_to_example_order_class_renaming_and_shift(seed, name):
     np.testing.assert_allclose(renamed.matrix, base.matrix[np.ix_(inv, inv)], atol=1e-12)
     assert renamed.similarity_information == pytest.approx(base.similarity_information, abs=1e-12)
     assert renamed.instance_information == pytest.approx(base.instance_information, abs=1e-10)
-    # adding a per-example constant to all logits changes nothing
-    shift = rng.normal(0, 50, size=(z.shape[0], 1)).astype(np.float32)
-    if name != "one_hot":  # 1e4 + shift loses the non-target digits in float32
-        shifted = _result((z.astype(np.float64) + shift), y)
-        np.testing.assert_allclose(shifted.matrix, base.matrix, atol=1e-5)
-
-
-def test_merge_is_exact_and_order_free():
-    z, y = inputs.random_teacher(n=900, k=7, seed=3)
-    whole = _result(z, y, 2.0)
-    chunks = np.array_split(np.arange(900), 5)
-    accs = [SimilarityAccumulator(7, temperature=2.0).update(z[i], y[i]) for i in chunks]
-    a = SimilarityAccumulator(7, temperature=2.0)
-    for acc in accs:
-        a.merge(acc)
-    b = SimilarityAccumulator(7, temperature=2.0)
-    for acc in reversed(accs):
-        b.merge(acc)
-    for r in (a.finalize(), b.finalize()):
-        np.testing.assert_allclose(r.matrix, whole.matrix, rtol=1e-12, atol=1e-15)
-        assert r.similarity_information == pytest.approx(whole.similarity_information, rel=1e-12)
-        assert r.instance_information == pytest.approx(whole.instance_information, rel=1e-10)
-        np.testing.assert_array_equal(r.counts, whole.counts)
-    with pytest.raises(InputError, match="temperature"):
-        a.merge(SimilarityAccumulator(7, temperature=1.0))
-    with pytest.raises(InputError, match="K=7"):
-        a.merge(SimilarityAccumulator(8, temperature=2.0))
 
 
 def test_absent_classes_are_nan_and_warn():
@@ -180,13 +151,16 @@ def test_absent_classes_are_nan_and_warn():
     assert not ((edges["source"] == 4) | (edges["target"] == 4)).any()
 
 
-def test_unlabelled_rows_are_skipped():
+def test_unlabelled_rows_are_skipped_and_counted_by_the_accumulator_only():
     z, y = inputs.random_teacher(n=300, k=5)
     y2 = y.copy()
     y2[::3] = -1
-    np.testing.assert_allclose(
-        similarity_matrix(z, y2), similarity_matrix(z[y2 >= 0], y[y2 >= 0]), atol=1e-14
-    )
+    res = SimilarityAccumulator(5).update(z, y2).finalize()
+    assert res.n_unlabeled == 100 and res.counts.sum() == 200
+    np.testing.assert_allclose(res.matrix, similarity_matrix(z[y2 >= 0], y[y2 >= 0]), atol=1e-14)
+    # The bare-array function cannot report a count, so it refuses missing labels.
+    with pytest.raises(InputError, match="missing"):
+        similarity_matrix(z, y2)
 
 
 def test_two_classes_is_defined_as_zero():

@@ -260,3 +260,50 @@ def test_log_probs_matches_scipy():
 def test_bad_input_raises_input_error(call, message):
     with pytest.raises(InputError, match=message):
         call()
+
+
+def _label_rule_calls():
+    """Every public function that takes labels, as f(logits, labels)."""
+    from kdlens.hypotheses.compare import compare_students
+    from kdlens.hypotheses.controls import control_log_probs
+    from kdlens.hypotheses.structure import structure_test
+    from kdlens.measures.calibration import fit_temperature, nll_loss
+    from kdlens.measures.similarity import instance_information, similarity_matrix
+
+    return {
+        "dark_mass": sl.dark_mass,
+        "nll": sl.nll,
+        "nll_loss": nll_loss,
+        "fit_temperature": fit_temperature,
+        "similarity_matrix": similarity_matrix,
+        "instance_information": instance_information,
+        "control_log_probs": lambda z, y: control_log_probs(z, y, kind="ls"),
+        "structure_test": lambda z, y: structure_test(z, y, n_permutations=5).p_value,
+        "compare_students": lambda z, y: compare_students(z, z, labels=y).accuracy_a,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_label_rule_calls()))
+def test_one_label_rule_everywhere(name):
+    f = _label_rule_calls()[name]
+    z, y = inputs.random_teacher(n=40, k=4)
+    # Integral floats are the same labels.
+    np.testing.assert_array_equal(np.asarray(f(z, y.astype(float))), np.asarray(f(z, y)))
+    bad = y.astype(float)
+    bad[5] = 1.5
+    with pytest.raises(InputError, match=r"labels must be integers, found 1\.5 at index 5"):
+        f(z, bad)
+    out = y.copy()
+    out[7] = 4
+    if name != "compare_students":  # predictions carry no K: any class index is a label
+        with pytest.raises(InputError, match=r"labels must lie in \[0, 4\).*found 4 at index 7"):
+            f(z, out)
+    missing = y.copy()
+    missing[3] = -1
+    if name == "structure_test":  # documents that it skips, and counts, unlabelled rows
+        from kdlens.hypotheses.structure import structure_test
+
+        assert structure_test(z, missing, n_permutations=5).n_unlabeled == 1
+    else:
+        with pytest.raises(InputError, match="-1 \\(missing\\), found at index 3"):
+            f(z, missing)

@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdlens._internal.checks import check_labels, check_positive_int
 from kdlens._internal.defaults import ALPHA, COMPARE_N_BOOTSTRAP
 from kdlens.errors import InputError, StoreError
+from kdlens.hypotheses.paired import _bootstrap_ci, _reason, _seed_test
 
 __all__ = [
     "StudentComparison",
@@ -77,6 +79,13 @@ class StudentComparison:
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(self).items()
         }
+
+
+def _check_options(n_bootstrap: Any, alpha: float, confidence: float = 0.95) -> None:
+    check_positive_int(n_bootstrap, name="n_bootstrap")
+    for name, v in (("confidence", confidence), ("alpha", alpha)):
+        if not 0 < v < 1:
+            raise InputError(f"{name} must lie in (0, 1), got {v}")
 
 
 def _correctness(x: Any, labels: np.ndarray, side: str) -> np.ndarray:
@@ -135,17 +144,10 @@ def compare_students(
     alpha : float
         Significance level of the verdict.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
-        raise InputError(f"labels must be a 1-D int array, got shape {y.shape} dtype {y.dtype}")
+    y = check_labels(labels, None, None)
     if y.size == 0:
         raise InputError("compare_students needs at least one example")
-    if int(n_bootstrap) < 1:
-        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    _check_options(n_bootstrap, alpha, confidence)
     ca = _correctness(a, y, "a")
     cb = _correctness(b, y, "b")
     return _compute_comparison(
@@ -166,14 +168,7 @@ def _compute_comparison(
 
     n = ca.shape[1]
     d = ca.mean(axis=0) - cb.mean(axis=0)  # per-example difference, seed-averaged
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_bootstrap)
-    chunk = max(1, 2_000_000 // n)
-    for s in range(0, n_bootstrap, chunk):
-        m = min(chunk, n_bootstrap - s)
-        idx = rng.integers(0, n, size=(m, n))
-        boots[s : s + m] = d[idx].mean(axis=1)
-    lo, hi = np.quantile(boots, [(1 - confidence) / 2, (1 + confidence) / 2])
+    lo, hi = _bootstrap_ci(d, n_bootstrap, seed, confidence)
     pairs = min(ca.shape[0], cb.shape[0])
     a_only = int((ca[:pairs] & ~cb[:pairs]).sum())
     b_only = int((~ca[:pairs] & cb[:pairs]).sum())
@@ -181,22 +176,7 @@ def _compute_comparison(
     mcnemar_p = float(stats.binomtest(a_only, disc, 0.5).pvalue) if disc else 1.0
     acc_a = ca.mean(axis=1)
     acc_b = cb.mean(axis=1)
-    seed_test: str | None = None
-    seed_p: float | None = None
-    if ca.shape[0] >= 2 and cb.shape[0] >= 2:
-        if ca.shape[0] == cb.shape[0]:
-            seed_test = "paired t-test"
-            diffs = acc_a - acc_b
-            seed_p = (
-                1.0
-                if np.all(diffs == diffs[0]) and diffs[0] == 0
-                else float(stats.ttest_rel(acc_a, acc_b).pvalue)
-            )
-        else:
-            seed_test = "Welch t-test"
-            seed_p = float(stats.ttest_ind(acc_a, acc_b, equal_var=False).pvalue)
-        if not math.isfinite(seed_p):  # zero variance with a non-zero difference
-            seed_p = 0.0 if acc_a.mean() != acc_b.mean() else 1.0
+    seed_test, seed_p = _seed_test(acc_a, acc_b)
     diff = float(d.mean())
     significant = lo > 0 and mcnemar_p < alpha and a_only > b_only
     if seed_p is not None:
@@ -272,41 +252,8 @@ def _order_by_seed(students: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return students
 
 
-def compare_stores(
-    real_store: Any,
-    control_store: Any,
-    *,
-    split: str = "test",
-    n_bootstrap: int = COMPARE_N_BOOTSTRAP,
-    seed: int | None = 0,
-    alpha: float = ALPHA,
-) -> tuple[pl.DataFrame, StudentComparison]:
-    """Compare two stores of *student* logits (real-teacher students vs control students).
-
-    Each (run, checkpoint) of a store is one student seed. Seeds are paired by the
-    ``seed`` in the checkpoint's config metadata when every student has a distinct one,
-    else by store order. Examples are aligned by ``example_id`` (only ids present in
-    every student are used) and must carry the same label everywhere.
-
-    Returns
-    -------
-    (frame, comparison): one row per student (``side``, ``run``, ``checkpoint``,
-    ``seed``, ``n``, ``accuracy``) and the :class:`StudentComparison`.
-    """
-    from kdlens.store.parquet import open_store
-
-    if int(n_bootstrap) < 1:
-        raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
-    if not 0 < alpha < 1:
-        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
-    sides = {"real": open_store(real_store), "control": open_store(control_store)}
-    got = {}
-    for side, st in sides.items():
-        students = _order_by_seed(_student_predictions(st, split))
-        if not students:
-            raise StoreError(f"{st.source}: no student has rows in split {split!r}")
-        got[side] = students
-    everyone = got["real"] + got["control"]
+def _common_ids(everyone: list[dict[str, Any]], split: str) -> np.ndarray:
+    """The example ids every student has; warns when that is fewer than some student has."""
     common = everyone[0]["ids"]
     for s in everyone[1:]:
         common = np.intersect1d(common, s["ids"])
@@ -320,8 +267,16 @@ def compare_stores(
             f"the two sides do not share their test examples: comparing on the "
             f"{common.size} example ids common to all of {len(everyone)} students "
             f"(the largest has {largest})",
-            stacklevel=2,
+            stacklevel=3,
         )
+    return common
+
+
+def _aligned_correctness(
+    got: dict[str, list[dict[str, Any]]], sides: dict[str, Any], common: np.ndarray, split: str
+) -> tuple[dict[str, list[np.ndarray]], list[dict[str, Any]]]:
+    """Per side, each student's correctness on ``common`` (labels checked to agree), and
+    one summary row per student."""
     ref_labels: np.ndarray | None = None
     corr: dict[str, list[np.ndarray]] = {"real": [], "control": []}
     rows = []
@@ -354,6 +309,42 @@ def compare_stores(
                     "accuracy": float(c.mean()),
                 }
             )
+    return corr, rows
+
+
+def compare_stores(
+    real_store: Any,
+    control_store: Any,
+    *,
+    split: str = "test",
+    n_bootstrap: int = COMPARE_N_BOOTSTRAP,
+    seed: int | None = 0,
+    alpha: float = ALPHA,
+) -> tuple[pl.DataFrame, StudentComparison]:
+    """Compare two stores of *student* logits (real-teacher students vs control students).
+
+    Each (run, checkpoint) of a store is one student seed. Seeds are paired by the
+    ``seed`` in the checkpoint's config metadata when every student has a distinct one,
+    else by store order. Examples are aligned by ``example_id`` (only ids present in
+    every student are used) and must carry the same label everywhere.
+
+    Returns
+    -------
+    (frame, comparison): one row per student (``side``, ``run``, ``checkpoint``,
+    ``seed``, ``n``, ``accuracy``) and the :class:`StudentComparison`.
+    """
+    from kdlens.store.parquet import open_store
+
+    _check_options(n_bootstrap, alpha)
+    sides = {"real": open_store(real_store), "control": open_store(control_store)}
+    got = {}
+    for side, st in sides.items():
+        students = _order_by_seed(_student_predictions(st, split))
+        if not students:
+            raise StoreError(f"{st.source}: no student has rows in split {split!r}")
+        got[side] = students
+    common = _common_ids(got["real"] + got["control"], split)
+    corr, rows = _aligned_correctness(got, sides, common, split)
     result = _compute_comparison(
         np.stack(corr["real"]),
         np.stack(corr["control"]),
@@ -371,36 +362,3 @@ def compare_stores(
         "accuracy": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema), result
-
-
-def _reason(
-    significant: bool,
-    lo: float,
-    hi: float,
-    mcnemar_p: float,
-    a_only: int,
-    b_only: int,
-    seed_test: str | None,
-    seed_p: float | None,
-    alpha: float,
-    n_a: int,
-    n_b: int,
-) -> str:
-    if significant:
-        return "the real teacher's students are significantly better on every test"
-    if hi < 0 and mcnemar_p < alpha and b_only > a_only:
-        return (
-            "the control's students are significantly better: the real teacher's soft labels "
-            "carry nothing the control's do not"
-        )
-    failed = []
-    if not lo > 0:
-        failed.append("the accuracy-difference CI includes 0" if hi > 0 else "the CI is below 0")
-    if not (mcnemar_p < alpha and a_only > b_only):
-        failed.append(f"McNemar p = {mcnemar_p:.3g}")
-    if seed_p is not None and seed_p >= alpha:
-        failed.append(f"the {seed_test} over seeds gives p = {seed_p:.3g} ({n_a} vs {n_b} seeds)")
-    text = "no significant advantage for the real teacher: " + "; ".join(failed)
-    if min(n_a, n_b) < 5:
-        text += " (few seeds: more seeds could show a small real difference)"
-    return text

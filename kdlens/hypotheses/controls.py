@@ -42,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
+from kdlens._internal.checks import check_logits_labels, check_square, check_temperature
 from kdlens.errors import InputError
-from kdlens.measures.softlabels import _check_temperature, _Core, _Target
+from kdlens.measures.core import _Core, _Target
 from kdlens.store.parquet import CheckpointWriter, LogitsStore, open_store
 
 __all__ = ["CONTROL_KINDS", "control_log_probs", "make_controls"]
@@ -108,9 +109,8 @@ def control_log_probs(
     examples (:class:`kdlens.measures.similarity.SimilarityAccumulator` at T). Control
     logits are ``temperature * control_log_probs(...)``.
     """
-    from kdlens.measures.softlabels import _check
-
-    z, y, t = _check(logits, labels, temperature)
+    z, y = check_logits_labels(logits, labels)
+    t = check_temperature(temperature)
     kind = _check_kind(kind)
     s = None
     if kind == "class-mean":
@@ -127,7 +127,7 @@ def _class_matrix(m: Any, z: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
             SimilarityAccumulator(k, temperature=t).update(z, y).finalize(warn_absent=False).matrix,
             y,
         )
-    s = np.asarray(m, np.float64)
+    s = check_square(m, name="class_matrix")
     if s.shape != (k, k):
         raise InputError(f"class_matrix must be ({k}, {k}), got {s.shape}")
     return _usable(s, y)
@@ -165,7 +165,7 @@ def make_controls(
     Returns the written paths.
     """
     kind = _check_kind(kind)
-    t = _check_temperature(temperature)
+    t = check_temperature(temperature)
     st: LogitsStore = open_store(store)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():

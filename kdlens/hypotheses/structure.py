@@ -44,20 +44,17 @@ reports ``p = 1`` with ``method = "degenerate"``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy.special import xlogy
 
+from kdlens._internal.checks import check_logits_labels, check_positive_int, check_temperature
 from kdlens._internal.defaults import N_PERMUTATIONS
 from kdlens.errors import InputError
-from kdlens.measures.similarity import (
-    SimilarityResult,
-    _check_logits_labels,
-    _check_temperature,
-    _nontarget_logq,
-)
+from kdlens.measures.similarity import SimilarityResult
+from kdlens.measures.similarity.matrix import _nontarget_logq
 
 __all__ = [
     "StructureTestResult",
@@ -85,21 +82,15 @@ class StructureTestResult:
     temperature: float = 1.0
     null_mean: float = float("nan")
     null_std: float = float("nan")
-    n_examples: int = 0
+    n_examples: int = 0  #: labelled examples the test used
     num_classes: int = 0
+    n_unlabeled: int = 0  #: rows labelled -1 (missing), skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in asdict(self).items()
         }
-
-
-def _check_b_seed(n_permutations: int, seed: Any) -> int:
-    b = int(n_permutations)
-    if b < 1:
-        raise InputError(f"n_permutations must be at least 1, got {n_permutations}")
-    return b
 
 
 def _si_of_rows(rows: np.ndarray) -> np.ndarray:
@@ -213,7 +204,7 @@ def structure_test_from_result(
     """
     if not isinstance(result, SimilarityResult):
         raise InputError(f"expected a SimilarityResult, got {type(result).__name__}")
-    b = _check_b_seed(n_permutations, seed)
+    b = check_positive_int(n_permutations, name="n_permutations")
     k = result.num_classes
     counts = np.asarray(result.counts)
     n = int(counts.sum())
@@ -222,10 +213,10 @@ def structure_test_from_result(
     if n == 0:
         raise InputError("the structure test needs labelled examples, got none")
     if k == 2:
-        return _degenerate(k, b, result.temperature, n)
+        return replace(_degenerate(k, b, result.temperature, n), n_unlabeled=result.n_unlabeled)
     rng = np.random.default_rng(seed)
     null = _compute_analytic_null(counts, np.asarray(result.q_sqsum_per_class), k, b, rng)
-    return _result(
+    res = _result(
         float(result.similarity_information),
         null,
         k=k,
@@ -233,6 +224,7 @@ def structure_test_from_result(
         t=result.temperature,
         n=n,
     )
+    return replace(res, n_unlabeled=result.n_unlabeled)
 
 
 # --------------------------------------------------------------------------- exact null
@@ -270,7 +262,8 @@ def structure_test(
     Parameters
     ----------
     logits : (n, K) array of logits (not probabilities).
-    labels : (n,) int array, -1 = skip.
+    labels : (n,) int array; -1 (missing) rows are skipped and counted in the result's
+        ``n_unlabeled``.
     temperature : float
     n_permutations : int
         B, the number of null draws.
@@ -278,16 +271,20 @@ def structure_test(
     method : {"auto", "exact", "analytic"}
         See the module docstring; the result's ``method`` says which ran.
     """
-    t = _check_temperature(temperature)
-    b = _check_b_seed(n_permutations, seed)
+    t = check_temperature(temperature)
+    b = check_positive_int(n_permutations, name="n_permutations")
     if method not in _METHODS:
         raise InputError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
-    z, y = _check_logits_labels(logits, labels)
+    z, y = check_logits_labels(logits, labels, allow_missing=True)
+    labeled = y >= 0
+    n_unlabeled = int(y.size - np.count_nonzero(labeled))
+    if n_unlabeled:
+        z, y = z[labeled], y[labeled]
     n, k = z.shape
     if n == 0:
         raise InputError("the structure test needs labelled examples, got none")
     if k == 2:
-        return _degenerate(k, b, t, n)
+        return replace(_degenerate(k, b, t, n), n_unlabeled=n_unlabeled)
     m = k - 1
     q = np.exp(_nontarget_logq(z, y, t))
     keep = np.ones_like(q, dtype=bool)
@@ -312,4 +309,5 @@ def structure_test(
     else:
         q_sqsum = np.bincount(y, weights=np.square(q_nt).sum(axis=1), minlength=k)
         null = _compute_analytic_null(counts, q_sqsum, k, b, rng)
-    return _result(observed, null, k=k, method=method, t=t, n=n)
+    res = _result(observed, null, k=k, method=method, t=t, n=n)
+    return replace(res, n_unlabeled=n_unlabeled)

@@ -20,10 +20,20 @@ import numpy as np
 import polars as pl
 from scipy.optimize import minimize_scalar
 
+from kdlens._internal.accumulator import Accumulator
+from kdlens._internal.checks import (
+    check_example_ids,
+    check_labels,
+    check_logits,
+    check_logits_labels,
+    check_num_classes,
+    check_positive_int,
+    check_temperature,
+)
 from kdlens._internal.defaults import N_BINS, TEMPERATURE_BOUNDS
 from kdlens._internal.hashing import splitmix64
 from kdlens.errors import InputError
-from kdlens.measures.softlabels import _check, _check_temperature, _Core, _margin_from, _Target
+from kdlens.measures.core import _Core, _margin_from, _Target
 
 __all__ = [
     "DEFAULT_N_BINS",
@@ -37,14 +47,6 @@ __all__ = [
 ]
 
 DEFAULT_N_BINS = N_BINS
-#: Search interval of :func:`fit_temperature` (the optimisation runs on log T).
-
-
-def _check_bins(n_bins: int) -> int:
-    b = int(n_bins)
-    if b < 1 or b != n_bins:
-        raise InputError(f"n_bins must be a positive integer, got {n_bins}")
-    return b
 
 
 def _confidence_correct_nll(
@@ -69,7 +71,7 @@ class CalibrationResult:
     table: pl.DataFrame  # bin, lower, upper, count, confidence, accuracy
 
 
-class CalibrationAccumulator:
+class CalibrationAccumulator(Accumulator):
     """Streaming NLL, ECE and reliability histogram (float64 sums per bin).
 
     ``update_arrays`` takes per-example confidence, correctness and NLL (as
@@ -77,17 +79,22 @@ class CalibrationAccumulator:
     """
 
     def __init__(self, *, n_bins: int = DEFAULT_N_BINS, temperature: float = 1.0) -> None:
-        self.n_bins = _check_bins(n_bins)
-        self.temperature = _check_temperature(temperature)
+        self.n_bins = check_positive_int(n_bins, name="n_bins")
+        self.temperature = check_temperature(temperature)
         self.count = np.zeros(self.n_bins, np.int64)
         self.sum_confidence = np.zeros(self.n_bins)
         self.sum_correct = np.zeros(self.n_bins, np.int64)
         self.sum_nll = 0.0
         self.n = 0
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"n_bins": self.n_bins, "temperature": self.temperature}
+
     def update(self, logits: Any, labels: Any) -> CalibrationAccumulator:
-        z, y, t = _check(logits, labels, self.temperature)
-        return self.update_arrays(*_confidence_correct_nll(z, y, t))
+        """Add a batch of logits (n, K) and labels (n,), every row labelled."""
+        z, y = check_logits_labels(logits, labels)
+        return self.update_arrays(*_confidence_correct_nll(z, y, self.temperature))
 
     def update_arrays(
         self, confidence: np.ndarray, correct: np.ndarray, nll: np.ndarray
@@ -100,18 +107,12 @@ class CalibrationAccumulator:
         self.n += int(confidence.shape[0])
         return self
 
-    def merge(self, other: CalibrationAccumulator) -> CalibrationAccumulator:
-        if other.n_bins != self.n_bins or other.temperature != self.temperature:
-            raise InputError(
-                f"cannot merge calibration accumulators with n_bins/temperature "
-                f"{self.n_bins}/{self.temperature} and {other.n_bins}/{other.temperature}"
-            )
+    def _merge(self, other: CalibrationAccumulator) -> None:
         self.count += other.count
         self.sum_confidence += other.sum_confidence
         self.sum_correct += other.sum_correct
         self.sum_nll += other.sum_nll
         self.n += other.n
-        return self
 
     def finalize(self) -> CalibrationResult:
         n = self.n
@@ -143,7 +144,8 @@ class CalibrationAccumulator:
 
 def nll_loss(logits: Any, labels: Any, *, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood ``-log p_y`` (nats; lower is better)."""
-    z, y, t = _check(logits, labels, temperature)
+    z, y = check_logits_labels(logits, labels)
+    t = check_temperature(temperature)
     return float(np.mean(_confidence_correct_nll(z, y, t)[2]))
 
 
@@ -190,7 +192,7 @@ def fit_temperature(
     Bounded scalar search on ``log T`` within ``bounds``; a result at a bound
     means the optimum lies outside (e.g. a perfectly separable set drives T to 0).
     """
-    z, y, _ = _check(logits, labels, 1.0)
+    z, y = check_logits_labels(logits, labels)
     lo, hi = float(bounds[0]), float(bounds[1])
     if not 0 < lo < hi:
         raise InputError(f"bounds must satisfy 0 < low < high, got {bounds}")
@@ -199,18 +201,24 @@ def fit_temperature(
     return _compute_fit_temperature(z, y, (lo, hi))
 
 
-class TemperatureFitAccumulator:
+class TemperatureFitAccumulator(Accumulator):
     """Keeps a bounded sample of labelled examples to fit a temperature on.
 
     The sample is the ``max_rows`` examples with the smallest hash of their
     example id, so it is the same whatever the order or chunking of the updates
     and merges (and is every example when the split is small). The default bound
-    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits).
+    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits). Rows labelled
+    -1 (missing) are skipped and counted in ``n_unlabeled``.
     """
 
     def __init__(self, num_classes: int, *, max_rows: int | None = None) -> None:
-        self.num_classes = int(num_classes)
-        self.max_rows = int(max_rows) if max_rows else max(2000, 2_000_000 // self.num_classes)
+        self.num_classes = check_num_classes(num_classes)
+        self.max_rows = (
+            check_positive_int(max_rows, name="max_rows")
+            if max_rows
+            else max(2000, 2_000_000 // self.num_classes)
+        )
+        self.n_unlabeled = 0
         self._prio = np.empty(0, np.uint64)
         self._ids = np.empty(0, np.int64)
         self._z = np.empty((0, self.num_classes), np.float32)
@@ -220,10 +228,23 @@ class TemperatureFitAccumulator:
     def n(self) -> int:
         return int(self._ids.shape[0])
 
-    def update(
-        self, logits: np.ndarray, labels: np.ndarray, example_ids: np.ndarray
-    ) -> TemperatureFitAccumulator:
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "max_rows": self.max_rows}
+
+    def update(self, logits: Any, labels: Any, example_ids: Any) -> TemperatureFitAccumulator:
+        """Add a batch: logits (n, K), labels (n,) with -1 = missing, example ids (n,)."""
+        # Shapes and labels are checked on the whole batch (cheap); finiteness only on the
+        # rows that enter the sample, so a large split is not scanned twice.
+        logits = np.asarray(logits)
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise InputError(
+                f"logits must be 2-D (n, {self.num_classes}), got shape {logits.shape}"
+            )
+        labels = check_labels(labels, logits.shape[0], self.num_classes, allow_missing=True)
+        example_ids = check_example_ids(example_ids, logits.shape[0])
         keep = labels >= 0
+        self.n_unlabeled += int(keep.size - np.count_nonzero(keep))
         ids = example_ids[keep]
         prio = splitmix64(ids)
         if self.n >= self.max_rows:
@@ -233,12 +254,13 @@ class TemperatureFitAccumulator:
                 return self
             keep = np.flatnonzero(keep)[sel]
             ids, prio = ids[sel], prio[sel]
-        self._add(prio, ids, logits[keep].astype(np.float32, copy=False), labels[keep])
+        z = check_logits(logits[keep], num_classes=self.num_classes)
+        self._add(prio, ids, z.astype(np.float32, copy=False), labels[keep])
         return self
 
-    def merge(self, other: TemperatureFitAccumulator) -> TemperatureFitAccumulator:
+    def _merge(self, other: TemperatureFitAccumulator) -> None:
+        self.n_unlabeled += other.n_unlabeled
         self._add(other._prio, other._ids, other._z, other._y)
-        return self
 
     def _add(self, prio: np.ndarray, ids: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
         prio = np.concatenate([self._prio, prio])

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from scipy.special import log_softmax
 
+from kdlens._internal.accumulator import Accumulator
+from kdlens._internal.checks import check_example_ids, check_logits, check_temperature
 from kdlens.errors import InputError
-from kdlens.measures.softlabels import _check_logits, _check_temperature
 
 __all__ = [
     "FidelityAccumulator",
@@ -32,8 +33,8 @@ __all__ = [
 
 
 def _pair_check(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    za = _check_logits(a, name="logits_a")
-    zb = _check_logits(b, name="logits_b")
+    za = check_logits(a, name="logits_a")
+    zb = check_logits(b, name="logits_b")
     if za.shape != zb.shape:
         raise InputError(
             f"logits_a and logits_b must have the same shape, got {za.shape} and {zb.shape}"
@@ -56,7 +57,7 @@ def top1_agreement(logits_a: Any, logits_b: Any) -> np.ndarray:
 def predictive_kl(logits_a: Any, logits_b: Any, *, temperature: float = 1.0) -> np.ndarray:
     """``KL(p_a || p_b)`` per example at temperature T (nats), (n,)."""
     za, zb = _pair_check(logits_a, logits_b)
-    return _compute_kl(za, zb, _check_temperature(temperature))
+    return _compute_kl(za, zb, check_temperature(temperature))
 
 
 @dataclass
@@ -67,11 +68,11 @@ class FidelityResult:
     temperature: float
 
 
-class FidelityAccumulator:
+class FidelityAccumulator(Accumulator):
     """Streaming top-1 agreement and predictive KL, pairing rows by example id."""
 
     def __init__(self, *, temperature: float = 1.0, max_pending: int = 1_000_000) -> None:
-        self.temperature = _check_temperature(temperature)
+        self.temperature = check_temperature(temperature)
         self.max_pending = int(max_pending)
         self.n = 0
         self.sum_agree = 0
@@ -79,15 +80,17 @@ class FidelityAccumulator:
         self._pa: tuple[np.ndarray, np.ndarray] | None = None
         self._pb: tuple[np.ndarray, np.ndarray] | None = None
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        # max_pending bounds memory only; it does not change the result.
+        return {"temperature": self.temperature}
+
     def update(self, logits_a: Any, ids_a: Any, logits_b: Any, ids_b: Any) -> FidelityAccumulator:
-        za = _check_logits(logits_a, name="logits_a")
-        zb = _check_logits(logits_b, name="logits_b")
-        if za.shape[1] != zb.shape[1]:
-            raise InputError(f"the two sides have K={za.shape[1]} and K={zb.shape[1]} classes")
-        ia = np.asarray(ids_a, np.int64).reshape(-1)
-        ib = np.asarray(ids_b, np.int64).reshape(-1)
-        if ia.shape[0] != za.shape[0] or ib.shape[0] != zb.shape[0]:
-            raise InputError("each side needs one example id per row of logits")
+        """Add a batch of each side; rows are paired by example id, within and across batches."""
+        za = check_logits(logits_a, name="logits_a")
+        zb = check_logits(logits_b, name="logits_b", num_classes=za.shape[1])
+        ia = check_example_ids(ids_a, za.shape[0], name="ids_a")
+        ib = check_example_ids(ids_b, zb.shape[0], name="ids_b")
         if self._pa is not None:
             za, ia = np.concatenate([self._pa[0], za]), np.concatenate([self._pa[1], ia])
         if self._pb is not None:
@@ -111,9 +114,7 @@ class FidelityAccumulator:
         self.sum_agree += int(np.sum(np.argmax(za, axis=1) == np.argmax(zb, axis=1)))
         self.sum_kl += float(np.sum(_compute_kl(za, zb, self.temperature)))
 
-    def merge(self, other: FidelityAccumulator) -> FidelityAccumulator:
-        if other.temperature != self.temperature:
-            raise InputError("cannot merge fidelity accumulators at different temperatures")
+    def _merge(self, other: FidelityAccumulator) -> None:
         self.n += other.n
         self.sum_agree += other.sum_agree
         self.sum_kl += other.sum_kl
@@ -121,7 +122,6 @@ class FidelityAccumulator:
             k = (other._pa or other._pb)[0].shape[1]  # type: ignore[index]
             empty = (np.empty((0, k), np.float32), np.empty(0, np.int64))
             self.update(*(other._pa or empty), *(other._pb or empty))
-        return self
 
     def finalize(self) -> FidelityResult:
         left = sum(p[1].shape[0] for p in (self._pa, self._pb) if p is not None)

@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdlens.errors import InputError
-from kdlens.measures.calibration import DEFAULT_N_BINS, CalibrationAccumulator, CalibrationResult
-from kdlens.measures.softlabels import (
-    DEFAULT_OEMC_DELTA,
-    _check_labels,
-    _check_logits,
-    _check_temperature,
-    _compute_per_example,
+from kdlens._internal.accumulator import Accumulator
+from kdlens._internal.checks import (
+    check_fraction,
+    check_logits_labels,
+    check_num_classes,
+    check_temperature,
 )
+from kdlens.measures.calibration import DEFAULT_N_BINS, CalibrationAccumulator, CalibrationResult
+from kdlens.measures.softlabels import DEFAULT_OEMC_DELTA, _compute_per_example
 
 __all__ = ["SoftLabelAccumulator", "SoftLabelSummary", "MEAN_COLUMNS"]
 
@@ -110,7 +110,7 @@ class SoftLabelSummary:
         ).with_columns(pl.col(pl.Float64).fill_nan(None))
 
 
-class SoftLabelAccumulator:
+class SoftLabelAccumulator(Accumulator):
     """Sums of per-example soft-label quantities; ``update`` / ``merge`` / ``finalize``.
 
     Parameters
@@ -130,15 +130,10 @@ class SoftLabelAccumulator:
         oemc_delta: float = DEFAULT_OEMC_DELTA,
         n_bins: int = DEFAULT_N_BINS,
     ) -> None:
-        k = int(num_classes)
-        if k < 2:
-            raise InputError(f"num_classes must be at least 2, got {num_classes}")
-        d = float(oemc_delta)
-        if not 0.0 <= d <= 1.0:
-            raise InputError(f"oemc_delta must lie in [0, 1], got {oemc_delta}")
+        k = check_num_classes(num_classes)
         self.num_classes = k
-        self.temperature = _check_temperature(temperature)
-        self.oemc_delta = d
+        self.temperature = check_temperature(temperature)
+        self.oemc_delta = check_fraction(oemc_delta, name="oemc_delta")
         self.n = 0
         self.n_labeled = 0
         self.sums = {c: 0.0 for c in MEAN_COLUMNS}
@@ -146,12 +141,19 @@ class SoftLabelAccumulator:
         self.class_sums = {c: np.zeros(k) for c in _PER_CLASS}
         self.calibration = CalibrationAccumulator(n_bins=n_bins)
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+            "oemc_delta": self.oemc_delta,
+            "n_bins": self.calibration.n_bins,
+        }
+
     def update(self, logits: Any, labels: Any) -> SoftLabelAccumulator:
-        """Add a batch: logits (n, K), labels (n,) with -1 = missing."""
-        z = _check_logits(logits)
-        if z.shape[1] != self.num_classes:
-            raise InputError(f"logits must have {self.num_classes} columns, got {z.shape[1]}")
-        y = _check_labels(labels, z.shape[0], self.num_classes, allow_missing=True)
+        """Add a batch: logits (n, K), labels (n,) with -1 = missing (counted in
+        ``n - n_labeled``; label-dependent means are over labelled rows)."""
+        z, y = check_logits_labels(logits, labels, num_classes=self.num_classes, allow_missing=True)
         cols = _compute_per_example(z, y, self.temperature, self.oemc_delta)
         return self.update_arrays(cols, y)
 
@@ -185,18 +187,8 @@ class SoftLabelAccumulator:
         self.n_labeled += n_lab
         return self
 
-    def merge(self, other: SoftLabelAccumulator) -> SoftLabelAccumulator:
-        """Add another accumulator's sums (same K, temperature and delta)."""
-        if (other.num_classes, other.temperature, other.oemc_delta) != (
-            self.num_classes,
-            self.temperature,
-            self.oemc_delta,
-        ):
-            raise InputError(
-                "cannot merge accumulators with different K/temperature/oemc_delta: "
-                f"{self.num_classes}/{self.temperature}/{self.oemc_delta} vs "
-                f"{other.num_classes}/{other.temperature}/{other.oemc_delta}"
-            )
+    def _merge(self, other: SoftLabelAccumulator) -> None:
+        """Add another accumulator's sums (same K, temperature, delta and bins)."""
         self.n += other.n
         self.n_labeled += other.n_labeled
         for c in MEAN_COLUMNS:
@@ -205,7 +197,6 @@ class SoftLabelAccumulator:
         for c in _PER_CLASS:
             self.class_sums[c] += other.class_sums[c]
         self.calibration.merge(other.calibration)
-        return self
 
     def finalize(self) -> SoftLabelSummary:
         """Means overall and per class (NaN where there is no example)."""

@@ -1,0 +1,150 @@
+"""The one log-softmax pass that every soft-label quantity is read from.
+
+:class:`_Core` holds the row-shifted, tempered logits and their exponentials;
+:class:`_Target` the label-dependent intermediates (target log-probability, log dark
+mass, non-target entropy, runner-up), formed without ``1 - p_y`` by subtraction (see
+:mod:`kdlens.measures.softlabels` for the numerics). Calibration, controls, similarity
+and the analysis pass reuse them so the log-softmax is computed once per batch.
+Everything here trusts its inputs (checked by the public functions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Below this non-target sum (in the frame shifted by the row maximum) a row is
+#: recomputed with the non-target maximum as shift, so ``q`` never underflows.
+_RESHIFT_BELOW = 1e-150
+
+
+class _Core:
+    """Intermediates of one log-softmax pass, reused by every quantity.
+
+    ``x = z / T - max(z / T)`` (so ``x <= 0`` and the row maximum is 0),
+    ``e = exp(x)``, ``s = sum(e)``; ``log p = x - log s``.
+    """
+
+    __slots__ = ("x", "e", "s", "log_s", "ex", "temperature")
+
+    def __init__(self, z: np.ndarray, temperature: float) -> None:
+        x = np.array(z, dtype=np.float64, copy=True)
+        if temperature != 1.0:
+            x /= temperature
+        x -= x.max(axis=1, keepdims=True)
+        e = np.exp(x)
+        self.x, self.e, self.temperature = x, e, temperature
+        self.s = e.sum(axis=1)
+        self.log_s = np.log(self.s)
+        self.ex: np.ndarray | None = None  # sum(e * x) per row, filled when needed
+
+    def entropy(self) -> np.ndarray:
+        if self.ex is None:
+            self.ex = np.einsum("ij,ij->i", self.e, self.x)
+        # H = -sum p log p = log s - sum(e x) / s; every term of sum(e x) is <= 0.
+        return np.maximum(self.log_s - self.ex / self.s, 0.0)
+
+
+class _Target:
+    """Label-dependent intermediates: target log-prob, log dark mass, H(q), runner-up.
+
+    ``log_snt`` is ``LSE(x_{!=y})`` in the shifted frame of ``core.x``; ``s_nt`` the
+    non-target sum ``sum_{j != y} e_j`` (0 or tiny on the rows listed in ``small``,
+    which were recomputed with the non-target maximum as shift); ``x_runner`` the
+    largest non-target ``x``.
+    """
+
+    __slots__ = (
+        "log_pt",
+        "log_snt",
+        "log_dark",
+        "nt_entropy",
+        "x_y",
+        "rows",
+        "s_nt",
+        "small",
+        "x_runner",
+    )
+
+    def __init__(self, core: _Core, y: np.ndarray) -> None:
+        x, e = core.x, core.e
+        n = x.shape[0]
+        rows = np.arange(n)
+        x_y = x[rows, y]
+        e_y = e[rows, y].copy()
+        # Zero the target entry so the non-target sums are formed directly (no 1 - p_y).
+        e[rows, y] = 0.0
+        s_nt = e.sum(axis=1)
+        ex_nt = np.einsum("ij,ij->i", e, x)
+        e_runner = e.max(axis=1)
+        # Recover the full-row sums by addition (same sign terms: no cancellation).
+        core.s = s_nt + e_y
+        core.log_s = np.log(core.s)
+        core.ex = ex_nt + e_y * x_y
+        e[rows, y] = e_y
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_snt = np.log(s_nt)
+            nt_entropy = log_snt - ex_nt / s_nt
+            x_runner = np.log(e_runner)
+        small = np.flatnonzero(~(s_nt >= _RESHIFT_BELOW))
+        if small.size:
+            # Dark mass (nearly) underflowed: redo these rows shifted by the non-target max.
+            xs = x[small].copy()
+            xs[np.arange(small.size), y[small]] = -np.inf
+            m2 = xs.max(axis=1, keepdims=True)
+            xs -= m2
+            es = np.exp(xs)
+            s2 = es.sum(axis=1)
+            ex2 = np.einsum("ij,ij->i", es, np.where(np.isfinite(xs), xs, 0.0))
+            log_snt[small] = m2[:, 0] + np.log(s2)
+            nt_entropy[small] = np.log(s2) - ex2 / s2
+            x_runner[small] = m2[:, 0]
+        if x.shape[1] == 2:
+            nt_entropy[:] = 0.0  # q is a point mass; avoid log s - s x / s rounding to 1e-16
+        self.x_y, self.rows, self.s_nt, self.small = x_y, rows, s_nt, small
+        self.log_pt = x_y - core.log_s
+        self.log_snt = log_snt
+        self.log_dark = log_snt - core.log_s
+        self.nt_entropy = np.maximum(nt_entropy, 0.0)
+        self.x_runner = x_runner
+
+    def nontarget_probs(self, core: _Core, y: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+        """``q`` as (n, K) with the target column 0, exact on every row.
+
+        ``inplace`` reuses ``core.e`` as the output (the core's ``e`` is then gone).
+        """
+        with np.errstate(divide="ignore"):
+            inv = 1.0 / self.s_nt
+        inv[self.small] = 0.0
+        q = np.multiply(core.e, inv[:, None], out=core.e if inplace else None)
+        q[self.rows, y] = 0.0
+        if self.small.size:
+            xs = core.x[self.small] - self.log_snt[self.small, None]
+            qs = np.exp(xs)
+            qs[np.arange(self.small.size), y[self.small]] = 0.0
+            q[self.small] = qs
+        return q
+
+
+def _margin_from(core: _Core, y: np.ndarray, tg: _Target) -> np.ndarray:
+    """``z_y - max_{j != y} z_j`` in logit units (T = 1), from the shifted frame."""
+    return (tg.x_y - tg.x_runner) * core.temperature
+
+
+def _log_softmax_at_one(z: np.ndarray, core: _Core) -> tuple[np.ndarray, np.ndarray]:
+    """(x1, log s1) at T = 1, reusing ``core`` when it is already at T = 1."""
+    if core.temperature == 1.0:
+        return core.x, core.log_s
+    c1 = _Core(z, 1.0)
+    return c1.x, c1.log_s
+
+
+def _normalize_nt(h: np.ndarray, k: int) -> np.ndarray:
+    if k == 2:
+        return np.zeros_like(h)  # q is a point mass: no spread to normalise
+    return h / np.log(k - 1)
+
+
+def _oemc_from_log_dark(log_dark: np.ndarray, delta: float) -> np.ndarray:
+    if delta == 0.0:
+        return np.ones(log_dark.shape, bool)
+    return log_dark >= np.log(delta)

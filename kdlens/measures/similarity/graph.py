@@ -1,0 +1,236 @@
+"""The class graph and clusters of a similarity matrix, and their export (GraphML, JSON
+node-link, Parquet edge list)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from kdlens._internal.atomic import atomic_path, write_text_atomic
+from kdlens._internal.checks import check_square
+from kdlens.errors import InputError
+from kdlens.measures.similarity.matrix import _symmetric_affinity
+
+__all__ = [
+    "cluster_classes",
+    "similarity_graph",
+    "write_edges_parquet",
+    "write_graph",
+]
+
+
+def similarity_graph(
+    S: Any, *, top_k: int | None = 5, threshold: float | None = None
+) -> pl.DataFrame:
+    """Sparse undirected class graph from a similarity matrix.
+
+    The matrix is symmetrised, ``W = (S + Sᵀ) / 2``; an edge ``{c, j}`` is kept when
+    ``j`` is among the ``top_k`` strongest neighbours of ``c`` or ``c`` among those of
+    ``j`` (with ``top_k``), and when ``W[c, j] ≥ threshold`` (with ``threshold``).
+    Absent classes (NaN rows) have no edges.
+
+    Returns
+    -------
+    pl.DataFrame with columns ``source`` (int, the smaller class), ``target`` (int),
+    ``weight`` (float64), strongest first.
+    """
+    m = check_square(S)
+    if top_k is None and threshold is None:
+        raise InputError("give top_k, threshold, or both to sparsify the graph")
+    if top_k is not None and int(top_k) < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+    if threshold is not None and not math.isfinite(float(threshold)):
+        raise InputError(f"threshold must be finite, got {threshold}")
+    k = m.shape[0]
+    W = _symmetric_affinity(m)
+    present = ~np.isnan(m).all(axis=1)
+    keep = np.zeros((k, k), bool)
+    if top_k is not None:
+        kk = min(int(top_k), k - 1)
+        Wm = np.where(present[None, :] & ~np.eye(k, dtype=bool), W, -np.inf)
+        order = np.argsort(-Wm, axis=1, kind="stable")[:, :kk]
+        rows = np.repeat(np.arange(k), kk)
+        keep[rows, order.ravel()] = True
+        keep &= np.isfinite(Wm)
+        keep |= keep.T
+    else:
+        keep[:] = True
+    if threshold is not None:
+        keep &= W >= float(threshold)
+    keep &= present[:, None] & present[None, :]
+    keep &= np.triu(np.ones((k, k), bool), 1)
+    src, dst = np.nonzero(keep)
+    df = pl.DataFrame(
+        {"source": src.astype(np.int64), "target": dst.astype(np.int64), "weight": W[src, dst]}
+    )
+    return df.sort(["weight", "source", "target"], descending=[True, False, False])
+
+
+def cluster_classes(S: Any, *, n_clusters: int, method: str = "average") -> np.ndarray:
+    """Group classes by a similarity matrix (scikit-learn).
+
+    Parameters
+    ----------
+    S : (K, K) similarity matrix or estimate (``SimilarityResult.estimate``); it is
+        symmetrised first. NaN rows (absent classes) are left out.
+    n_clusters : int
+    method : {"average", "spectral"}
+        ``"average"`` (default): agglomerative clustering, average linkage, on the
+        distance ``max W − W`` of the symmetrised matrix ``W``. ``"spectral"``:
+        spectral clustering on ``W`` as a precomputed affinity (it did worse on real
+        data; see :mod:`kdlens.measures.similarity`).
+
+    Returns
+    -------
+    (K,) int cluster labels; absent classes get -1.
+    """
+    m = check_square(S)
+    if method not in ("average", "spectral"):
+        raise InputError(f"method must be 'average' or 'spectral', got {method!r}")
+    if np.nanmin(m) < 0 if np.isfinite(m).any() else False:
+        raise InputError("S must be non-negative (a similarity, not a distance)")
+    k = m.shape[0]
+    present = ~np.isnan(m).all(axis=1)
+    idx = np.flatnonzero(present)
+    nc = int(n_clusters)
+    if nc < 1 or nc > idx.size:
+        raise InputError(
+            f"n_clusters must lie in [1, {idx.size}] (the classes present), got {n_clusters}"
+        )
+    return _compute_clusters(m, idx, nc, method, k)
+
+
+def _compute_clusters(m: np.ndarray, idx: np.ndarray, nc: int, method: str, k: int) -> np.ndarray:
+    from sklearn.cluster import AgglomerativeClustering, SpectralClustering
+
+    out = np.full(k, -1, np.int64)
+    if nc == idx.size:
+        out[idx] = np.arange(nc)
+        return out
+    if nc == 1:
+        out[idx] = 0
+        return out
+    W = _symmetric_affinity(m[np.ix_(idx, idx)])
+    if method == "spectral":
+        model = SpectralClustering(n_clusters=nc, affinity="precomputed", random_state=0)
+        out[idx] = model.fit_predict(W)
+        return out
+    D = W.max() - W
+    np.fill_diagonal(D, 0.0)
+    agg = AgglomerativeClustering(n_clusters=nc, metric="precomputed", linkage="average")
+    out[idx] = agg.fit_predict(D)
+    return out
+
+
+def write_graph(
+    edges: pl.DataFrame,
+    path: str | os.PathLike[str],
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    clusters: Any = None,
+    superclasses: Any = None,
+    temperature: float | None = None,
+) -> Path:
+    """Write a similarity graph as GraphML (``.graphml``), JSON node-link (``.json``)
+    or an edge-list Parquet (``.parquet``), atomically (temporary file, then rename).
+
+    Nodes are classes ``0..K−1`` with optional ``name``, ``cluster`` and ``superclass``
+    attributes; edges carry ``weight``.
+    """
+    for col in ("source", "target", "weight"):
+        if col not in edges.columns:
+            raise InputError(f"edges must have a {col!r} column (from similarity_graph)")
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".graphml", ".json", ".parquet"):
+        raise InputError(f"{p}: graph output must end in .graphml, .json or .parquet")
+    if suffix == ".parquet":
+        return write_edges_parquet(edges, p, temperature=temperature)
+    k = num_classes
+    if k is None:
+        if class_names is not None:
+            k = len(class_names)
+        elif edges.height:
+            ends = np.concatenate([edges["source"].to_numpy(), edges["target"].to_numpy()])
+            k = int(ends.max()) + 1
+        else:
+            k = 0
+    nodes = []
+    for c in range(int(k)):
+        node: dict[str, Any] = {"id": c}
+        if class_names is not None:
+            node["name"] = str(class_names[c])
+        if clusters is not None:
+            node["cluster"] = int(np.asarray(clusters)[c])
+        if superclasses is not None:
+            node["superclass"] = int(np.asarray(superclasses)[c])
+        nodes.append(node)
+    links = [
+        {"source": int(s), "target": int(t), "weight": float(w)}
+        for s, t, w in edges.select("source", "target", "weight").iter_rows()
+    ]
+    if suffix == ".json":
+        doc: dict[str, Any] = {
+            "directed": False,
+            "multigraph": False,
+            "graph": {"temperature": temperature},
+            "nodes": nodes,
+            "links": links,
+        }
+        text = json.dumps(doc, indent=1)
+    else:
+        text = _graphml(nodes, links, temperature)
+    write_text_atomic(p, text)
+    return p
+
+
+def _graphml(nodes: list[dict[str, Any]], links: list[dict[str, Any]], t: float | None) -> str:
+    ns = "http://graphml.graphdrawing.org/xmlns"
+    root = ET.Element("graphml", {"xmlns": ns})
+    keys = [
+        ("name", "node", "string"),
+        ("cluster", "node", "int"),
+        ("superclass", "node", "int"),
+        ("weight", "edge", "double"),
+        ("temperature", "graph", "double"),
+    ]
+    for name, dom, typ in keys:
+        ET.SubElement(root, "key", {"id": name, "for": dom, "attr.name": name, "attr.type": typ})
+    g = ET.SubElement(root, "graph", {"id": "similarity", "edgedefault": "undirected"})
+    if t is not None:
+        ET.SubElement(g, "data", {"key": "temperature"}).text = repr(float(t))
+    for node in nodes:
+        el = ET.SubElement(g, "node", {"id": f"n{node['id']}"})
+        for attr in ("name", "cluster", "superclass"):
+            if attr in node:
+                ET.SubElement(el, "data", {"key": attr}).text = str(node[attr])
+    for i, e in enumerate(links):
+        el = ET.SubElement(
+            g, "edge", {"id": f"e{i}", "source": f"n{e['source']}", "target": f"n{e['target']}"}
+        )
+        ET.SubElement(el, "data", {"key": "weight"}).text = repr(e["weight"])
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def write_edges_parquet(
+    edges: pl.DataFrame, path: str | os.PathLike[str], *, temperature: float | None = None
+) -> Path:
+    """Write an edge list (source, target, weight[, temperature]) to Parquet atomically."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    df = edges
+    if temperature is not None:
+        df = df.with_columns(pl.lit(float(temperature)).alias("temperature"))
+    with atomic_path(p) as tmp:
+        df.write_parquet(tmp)
+    return p
