@@ -187,7 +187,7 @@ def test_real_mnist_test_images(external_dir: Path) -> None:
 
 def test_cifar_fixture_dumps_end_to_end(tmp_path: Path) -> None:
     from kdlens.harness import DumpConfig, dump
-    from kdlens.store.parquet import open_store
+    from kdlens.store.reader import open_store
 
     d = tmp_path / "c10"
     d.mkdir()

@@ -34,7 +34,8 @@ from kdlens.harness.data import SourceData, load_source, prepare_data
 from kdlens.harness.models import build_model
 from kdlens.harness.runtime import cpu_threads
 from kdlens.harness.train import QuietReporter, Reporter
-from kdlens.store.parquet import CheckpointWriter, LogitsStore, open_store
+from kdlens.store.reader import LogitsStore, open_store
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["distill", "StudentConfig", "RESULT_SCHEMA"]
 

@@ -31,7 +31,7 @@ from kdlens.harness.train import (
     train_run,
     write_json_atomic,
 )
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["dump", "dump_checkpoints", "summarize_runs"]
 

@@ -40,7 +40,7 @@ from kdlens.harness.runtime import (
     predict_logits,
     save_atomic,
 )
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = [
     "DumpConfig",

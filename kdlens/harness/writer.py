@@ -20,7 +20,7 @@ from torch import nn
 
 from kdlens.errors import InputError
 from kdlens.harness.runtime import autocast
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["LogitsWriter"]
 

@@ -293,7 +293,7 @@ def compare_stores(
     (frame, comparison): one row per student (``side``, ``run``, ``checkpoint``,
     ``seed``, ``n``, ``accuracy``) and the :class:`StudentComparison`.
     """
-    from kdlens.store.parquet import open_store
+    from kdlens.store.reader import open_store
 
     if int(n_bootstrap) < 1:
         raise InputError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
