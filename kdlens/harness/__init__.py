@@ -8,11 +8,12 @@ Needs ``torch`` (the ``torch`` extra); nothing else in kdlens imports it.
 - :func:`distill` trains small students from stored logits (no teacher forward pass).
 """
 
+from kdlens.harness.config import DumpConfig, effective_lr
 from kdlens.harness.data import load_source, prepare_data, read_cifar_batch, read_idx, safe_unpickle
 from kdlens.harness.distill import RESULT_SCHEMA, StudentConfig, distill
 from kdlens.harness.dump import dump, dump_checkpoints, summarize_runs
 from kdlens.harness.models import MODELS, build_model
-from kdlens.harness.train import DumpConfig, QuietReporter, Reporter, RunResult, effective_lr
+from kdlens.harness.reporting import QuietReporter, Reporter, RunResult
 from kdlens.harness.writer import LogitsWriter
 
 __all__ = [

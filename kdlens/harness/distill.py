@@ -32,8 +32,8 @@ from kdlens._internal.atomic import atomic_path
 from kdlens.errors import InputError, StoreError
 from kdlens.harness.data import SourceData, load_source, prepare_data
 from kdlens.harness.models import build_model
+from kdlens.harness.reporting import QuietReporter, Reporter
 from kdlens.harness.runtime import cpu_threads
-from kdlens.harness.train import QuietReporter, Reporter
 from kdlens.store.reader import LogitsStore, open_store
 from kdlens.store.writer import CheckpointWriter
 

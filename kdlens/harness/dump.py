@@ -13,8 +13,11 @@ from typing import Any
 import polars as pl
 
 from kdlens.errors import InputError
+from kdlens.harness.config import DumpConfig
 from kdlens.harness.data import prepare_data
 from kdlens.harness.models import build_model, is_convnet, probe_model
+from kdlens.harness.reporting import QuietReporter, Reporter, RunResult
+from kdlens.harness.rundir import write_json_atomic
 from kdlens.harness.runtime import (
     extract_state_dict,
     load_state_dict_checked,
@@ -23,14 +26,7 @@ from kdlens.harness.runtime import (
     predict_logits,
     resolve_device,
 )
-from kdlens.harness.train import (
-    DumpConfig,
-    QuietReporter,
-    Reporter,
-    RunResult,
-    train_run,
-    write_json_atomic,
-)
+from kdlens.harness.train import train_run
 from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["dump", "dump_checkpoints", "summarize_runs"]
