@@ -14,13 +14,12 @@ import pytest
 pytest.importorskip("torch")
 
 from kdlens.errors import InputError  # noqa: E402
-from kdlens.harness.data import (  # noqa: E402
+from kdlens.harness.data import prepare_data, split_dataset  # noqa: E402
+from kdlens.harness.sources import (  # noqa: E402
     load_source,
-    prepare_data,
     read_cifar_batch,
     read_idx,
     safe_unpickle,
-    split_dataset,
 )
 
 
