@@ -25,9 +25,11 @@ from kdlens.harness.runtime import load_tensors, save_atomic
 __all__ = [
     "MANIFEST",
     "RESUME",
+    "changed_keys",
     "check_run_dir",
     "finish_manifest",
     "new_manifest",
+    "read_manifest",
     "restore_run",
     "save_resume",
     "set_dump_overhead",
@@ -46,13 +48,7 @@ def check_run_dir(rdir: Path, rc: dict[str, Any], *, overwrite: bool) -> None:
     """Refuse a run directory that holds another configuration; with ``overwrite``, clear it."""
     if not rdir.exists():
         return
-    old = None
-    manifest_path = rdir / MANIFEST
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            old = None
+    old = read_manifest(rdir)
     same = old is not None and old.get("config") == rc
     if same and not overwrite:
         return
@@ -60,12 +56,28 @@ def check_run_dir(rdir: Path, rc: dict[str, Any], *, overwrite: bool) -> None:
         why = "holds a different configuration" if old else "exists but has no readable manifest"
         diff = ""
         if old and isinstance(old.get("config"), dict):
-            keys = sorted(
-                k for k in set(rc) | set(old["config"]) if rc.get(k) != old["config"].get(k)
-            )
-            diff = " (differs in: " + ", ".join(keys[:6]) + ")"
+            diff = " (differs in: " + ", ".join(changed_keys(rc, old)[:6]) + ")"
         raise InputError(f"{rdir}: {why}{diff}; pass --overwrite to replace it")
     shutil.rmtree(rdir)
+
+
+def read_manifest(rdir: Path) -> dict[str, Any] | None:
+    """The run directory's manifest, or None when it is missing or not valid JSON."""
+    path = rdir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return old if isinstance(old, dict) else None
+
+
+def changed_keys(rc: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    """The configuration keys whose values differ between ``rc`` and an old manifest's."""
+    if not old or not isinstance(old.get("config"), dict):
+        return []
+    return sorted(k for k in set(rc) | set(old["config"]) if rc.get(k) != old["config"].get(k))
 
 
 def new_manifest(run: str, rc: dict[str, Any], data: Splits) -> dict[str, Any]:
