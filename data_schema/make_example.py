@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 HERE = Path(__file__).parent / "example"
 CLASSES = ["cat", "dog", "truck"]

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from kdlens.harness import DumpConfig, build_model, dump
+from kdlens.harness.augment import augment_batch
 from kdlens.harness.runtime import autocast, place, predict_logits, resolve_device
-from kdlens.harness.train import augment_batch
 
 
 def _sync(device: torch.device) -> None:

@@ -25,17 +25,9 @@ def _export(module: str, *names: str) -> None:
 
 
 _export("errors", "KdlensError", "StoreError", "InputError")
-_export(
-    "store.parquet",
-    "FORMAT_VERSION",
-    "Batch",
-    "CheckpointWriter",
-    "LogitsStore",
-    "Part",
-    "arrow_schema",
-    "open_store",
-    "write_logits",
-)
+_export("store.format", "FORMAT_VERSION", "Batch", "Part", "arrow_schema")
+_export("store.writer", "CheckpointWriter", "write_logits")
+_export("store.reader", "LogitsStore", "open_store")
 _export("store.validate", "PartReport", "ValidationReport", "validate")
 _export("store.importing", "ImportedCheckpoint", "import_files", "read_array_file")
 _export(
@@ -237,15 +229,8 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
     from kdlens.report.build import build_report
     from kdlens.report.data import ReportData, collect_report_data
     from kdlens.report.render import export_charts
+    from kdlens.store.format import FORMAT_VERSION, Batch, Part, arrow_schema
     from kdlens.store.importing import ImportedCheckpoint, import_files, read_array_file
-    from kdlens.store.parquet import (
-        FORMAT_VERSION,
-        Batch,
-        CheckpointWriter,
-        LogitsStore,
-        Part,
-        arrow_schema,
-        open_store,
-        write_logits,
-    )
+    from kdlens.store.reader import LogitsStore, open_store
     from kdlens.store.validate import PartReport, ValidationReport, validate
+    from kdlens.store.writer import CheckpointWriter, write_logits

@@ -15,7 +15,7 @@ from kdlens.analysis.engine import analyze
 from kdlens.errors import InputError, StoreError
 from kdlens.measures import softlabels as sl
 from kdlens.measures.similarity import read_hierarchy
-from kdlens.store.parquet import CheckpointWriter, write_logits
+from kdlens.store.writer import CheckpointWriter, write_logits
 
 K = 12
 

@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from kdlens.cli import app
-from kdlens.store.parquet import CheckpointWriter, open_store, write_logits
+from kdlens.store.reader import open_store
+from kdlens.store.writer import CheckpointWriter, write_logits
 
 runner = CliRunner()
 

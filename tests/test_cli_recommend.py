@@ -10,7 +10,7 @@ from inputs import balanced_labels
 from typer.testing import CliRunner
 
 from kdlens.cli import app
-from kdlens.store.parquet import CheckpointWriter, write_logits
+from kdlens.store.writer import CheckpointWriter, write_logits
 
 K = 10
 runner = CliRunner()

@@ -13,7 +13,7 @@ from kdlens.hypotheses.compare import (
     compare_stores,
     compare_students,
 )
-from kdlens.store.parquet import write_logits
+from kdlens.store.writer import write_logits
 
 
 def _students(n, k, acc, n_seeds, seed, shared=None):

@@ -11,7 +11,8 @@ from kdlens.errors import InputError
 from kdlens.hypotheses.controls import control_log_probs, make_controls
 from kdlens.measures import softlabels as sl
 from kdlens.measures.similarity import SimilarityAccumulator
-from kdlens.store.parquet import CheckpointWriter, open_store
+from kdlens.store.reader import open_store
+from kdlens.store.writer import CheckpointWriter
 
 
 def _sim(z, y, t=1.0):

@@ -10,7 +10,7 @@ from scipy.stats import entropy as sp_entropy
 
 from kdlens.errors import InputError
 from kdlens.measures.fidelity import FidelityAccumulator, fidelity, predictive_kl, top1_agreement
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 
 def _pair(n=400, k=6):

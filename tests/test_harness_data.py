@@ -14,13 +14,12 @@ import pytest
 pytest.importorskip("torch")
 
 from kdlens.errors import InputError  # noqa: E402
-from kdlens.harness.data import (  # noqa: E402
+from kdlens.harness.data import prepare_data, split_dataset  # noqa: E402
+from kdlens.harness.sources import (  # noqa: E402
     load_source,
-    prepare_data,
     read_cifar_batch,
     read_idx,
     safe_unpickle,
-    split_dataset,
 )
 
 
@@ -187,7 +186,7 @@ def test_real_mnist_test_images(external_dir: Path) -> None:
 
 def test_cifar_fixture_dumps_end_to_end(tmp_path: Path) -> None:
     from kdlens.harness import DumpConfig, dump
-    from kdlens.store.parquet import open_store
+    from kdlens.store.reader import open_store
 
     d = tmp_path / "c10"
     d.mkdir()

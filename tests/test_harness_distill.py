@@ -15,7 +15,8 @@ from typer.testing import CliRunner  # noqa: E402
 from kdlens.cli import app  # noqa: E402
 from kdlens.errors import InputError, StoreError  # noqa: E402
 from kdlens.harness import RESULT_SCHEMA, DumpConfig, StudentConfig, distill, dump  # noqa: E402
-from kdlens.store.parquet import CheckpointWriter, open_store  # noqa: E402
+from kdlens.store.reader import open_store  # noqa: E402
+from kdlens.store.writer import CheckpointWriter  # noqa: E402
 
 FAST = StudentConfig(hidden=(16,), epochs=60)
 

@@ -23,7 +23,7 @@ from kdlens.harness import (  # noqa: E402
     effective_lr,
     prepare_data,
 )
-from kdlens.store.parquet import open_store  # noqa: E402
+from kdlens.store.reader import open_store  # noqa: E402
 
 TINY = dict(
     dataset="digits",

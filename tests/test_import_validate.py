@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from kdlens import InputError, import_files, open_store, validate, write_logits
 from kdlens.cli import app
-from kdlens.store.parquet import arrow_schema
+from kdlens.store.format import arrow_schema
 
 runner = CliRunner()
 

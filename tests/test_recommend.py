@@ -22,7 +22,7 @@ from kdlens.recommend.rank import (
     score_checkpoints,
 )
 from kdlens.recommend.students import evaluate_scores, kendall, regret, spearman, student_table
-from kdlens.store.parquet import CheckpointWriter, write_logits
+from kdlens.store.writer import CheckpointWriter, write_logits
 
 K = 10
 

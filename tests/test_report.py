@@ -68,7 +68,7 @@ def build_fixture(
     that both verdicts appear.
     """
     from kdlens.analysis.engine import analyze
-    from kdlens.store.parquet import CheckpointWriter
+    from kdlens.store.writer import CheckpointWriter
 
     store, ana = root / "store", root / "analysis"
     k = len(NAMES)
@@ -108,7 +108,7 @@ def write_imported_store(
     One ``test`` split, K classes in blocks of ten (or of three for small K) that
     the teachers confuse; the models are named out of quality order.
     """
-    from kdlens.store.parquet import CheckpointWriter
+    from kdlens.store.writer import CheckpointWriter
 
     block = 10 if k >= 20 else 3
     for i, model in enumerate(models):

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kdlens import CheckpointWriter, InputError, StoreError, open_store, write_logits
-from kdlens.store.parquet import METADATA_KEY, arrow_schema
+from kdlens.store.format import METADATA_KEY, arrow_schema
 
 REPO = Path(__file__).resolve().parents[1]
 

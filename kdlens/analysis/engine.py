@@ -54,7 +54,8 @@ from kdlens.measures.softlabels import (
     _Target,
 )
 from kdlens.measures.summary import SoftLabelAccumulator
-from kdlens.store.parquet import Batch, LogitsStore, Part, open_store
+from kdlens.store.format import Batch, Part
+from kdlens.store.reader import LogitsStore, open_store
 
 __all__ = [
     "AnalysisResult",
@@ -265,7 +266,7 @@ def analyze(
 
     Parameters
     ----------
-    store : a :class:`~kdlens.store.parquet.LogitsStore` or anything :func:`open_store` takes.
+    store : a :class:`~kdlens.store.reader.LogitsStore` or anything :func:`open_store` takes.
     temperature : T of the soft-label measures (recorded in every table).
     splits : analyse only these splits (default: all).
     oemc_delta : dark-mass threshold of the OEMC share.

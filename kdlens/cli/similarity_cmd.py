@@ -112,7 +112,7 @@ def graph_command(
         raise InputError(f"{output}: graph output must end in .graphml, .json or .parquet")
     sup = None
     if hierarchy is not None:
-        from kdlens.store.parquet import open_store
+        from kdlens.store.reader import open_store
 
         st = open_store(store)
         sup = read_hierarchy(hierarchy, st.num_classes, st.class_names)[0]

@@ -13,28 +13,33 @@ Students are small MLPs trained full-batch, so ~100 of them fit in minutes on a 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
-import torch.nn.functional as F
 
 from kdlens._internal.atomic import atomic_path
-from kdlens.errors import InputError, StoreError
-from kdlens.harness.data import SourceData, load_source, prepare_data
-from kdlens.harness.models import build_model
+from kdlens.errors import InputError
+from kdlens.harness.reporting import QuietReporter, Reporter
 from kdlens.harness.runtime import cpu_threads
-from kdlens.harness.train import QuietReporter, Reporter
-from kdlens.store.parquet import CheckpointWriter, LogitsStore, open_store
+from kdlens.harness.sources import SourceData, load_source
+from kdlens.harness.students import (
+    StudentConfig,
+    student_dict,
+    student_label,
+    train_mlp_students,
+    train_student,
+)
+from kdlens.harness.transfer import TeacherData, teacher_data
+from kdlens.store.reader import LogitsStore, open_store
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["distill", "StudentConfig", "RESULT_SCHEMA"]
 
@@ -56,28 +61,6 @@ RESULT_SCHEMA: dict[str, Any] = {
     "student_run": pl.Utf8,
     "seconds": pl.Float64,
 }
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """How each student is built and trained (full batch when ``batch_size`` is 0)."""
-
-    model: str = "mlp"
-    hidden: tuple[int, ...] = (24,)
-    epochs: int = 200
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    batch_size: int = 0
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise InputError(f"--student-epochs must be at least 1, got {self.epochs}")
-        if self.lr <= 0:
-            raise InputError(f"--student-lr must be positive, got {self.lr}")
-        if self.batch_size < 0:
-            raise InputError(
-                f"--student-batch-size must be >= 0 (0 = full batch), got {self.batch_size}"
-            )
 
 
 def distill(
@@ -182,49 +165,22 @@ def _run_all(
     rep: Reporter,
     outp: Path | None,
 ) -> list[dict[str, Any]]:
-    a = alpha
     sources: dict[str, SourceData] = {}
     rows: list[dict[str, Any]] = []
     for r, ck in keys:
         meta = st.checkpoint_metadata(r, ck)
-        cfg_in = meta.get("config") or {}
-        control_t = cfg_in.get("temperature") if cfg_in.get("control") else None
-        if not plain and control_t is not None and not math.isclose(float(control_t), temperature):
-            # A control keeps p_y only at the temperature it was made at.
-            warnings.warn(
-                f"run {r!r} is a {cfg_in['control']!r} control made at T = {control_t:g} but "
-                f"distilled at T = {temperature:g}: at this T it no longer keeps the teacher's "
-                f"p_y; make it with `kdlens controls -T {temperature:g}`",
-                stacklevel=2,
-            )
+        if not plain:
+            _warn_control_temperature(meta, r, temperature)
         spec = dataset or meta.get("dataset")
         if not spec:
             raise InputError(f"{st.source}: run {r!r} records no dataset; pass --dataset")
         if spec not in sources:
             sources[spec] = load_source(spec)
-        src = sources[spec]
-        tr = st.load(r, ck, "train")
-        if len(tr) == 0:
-            raise StoreError(f"{st.source}: run={r!r} checkpoint={ck!r} has no train rows")
-        te_ids, te_y, te_logits = _test_part(st, r, ck, meta, spec, src)
-        part = st.find(r, ck, "train")[0]
-        xtr, xte = _inputs(src, tr.example_ids, te_ids, where=f"{r}/{ck}")
-        ytr = np.where(tr.labels >= 0, tr.labels, src.y[tr.example_ids]).astype(np.int64)
-        if (ytr >= st.num_classes).any() or src.num_classes > st.num_classes:
-            raise InputError(
-                f"dataset {spec!r} has {src.num_classes} classes but the store has "
-                f"K={st.num_classes}"
-            )
-        teacher_acc = (
-            float((te_logits.argmax(1) == te_y).mean())
-            if te_logits is not None and not plain
-            else float("nan")
-        )
-        zt = None if plain else tr.logits
+        t = teacher_data(st, r, ck, meta, spec, sources[spec], plain=plain)
         kw: dict[str, Any] = {
             "num_classes": st.num_classes,
             "temperature": temperature,
-            "alpha": a,
+            "alpha": alpha,
             "device": dev,
         }
         outs: list[np.ndarray] = []
@@ -232,81 +188,110 @@ def _run_all(
         if sc.model == "mlp" and sc.batch_size == 0:
             # Full-batch MLP students of every seed train together, as one wide network.
             t0 = time.perf_counter()
-            outs = _train_mlp_students(xtr, ytr, zt, xte, sc, seeds=[int(v) for v in seeds], **kw)
+            outs = train_mlp_students(
+                t.xtr, t.ytr, t.zt, t.xte, sc, seeds=[int(v) for v in seeds], **kw
+            )
             per_seed = (time.perf_counter() - t0) / len(outs)
         for i, seed in enumerate(seeds):
             t0 = time.perf_counter()
             if outs:
                 z_s = outs[i]
             else:
-                z_s = _train_student(xtr, ytr, zt, xte, sc, seed=int(seed), **kw)
-            logp = torch.log_softmax(torch.from_numpy(z_s).double(), 1).numpy()
-            acc = float((z_s.argmax(1) == te_y).mean())
-            nll = float(-logp[np.arange(len(te_y)), te_y].mean())
-            srun = "student-plain" if plain else f"student-{r}-{ck}"
-            row = {
-                "run": None if plain else r,
-                "checkpoint": None if plain else ck,
-                "epoch": None if plain else part.epoch,
-                "batch_size": None if plain else part.batch_size,
-                "seed": int(seed),
-                "student": _student_label(sc),
-                "temperature": float(temperature),
-                "alpha": a,
-                "plain": plain,
-                "n_train": len(ytr),
-                "n_test": len(te_y),
-                "teacher_test_acc": teacher_acc,
-                "student_test_acc": acc,
-                "student_test_nll": nll,
-                "student_run": srun,
-                "seconds": per_seed + time.perf_counter() - t0,
-            }
+                z_s = train_student(t.xtr, t.ytr, t.zt, t.xte, sc, seed=int(seed), **kw)
+            row = _result_row(t, z_s, sc, seed=int(seed), temperature=temperature, alpha=alpha)
+            row["seconds"] = per_seed + time.perf_counter() - t0
             rows.append(row)
             if outp is not None:
-                cfg = {
-                    "teacher_run": row["run"],
-                    "teacher_checkpoint": row["checkpoint"],
-                    "temperature": temperature,
-                    "alpha": a,
-                    "seed": int(seed),
-                    "plain": plain,
-                    "student": _student_dict(sc),
-                    "teacher_store": str(st.source),
-                }
-                with CheckpointWriter(
-                    outp / "logits" / srun / f"seed{seed}.parquet",
-                    run=srun,
-                    checkpoint=f"seed{seed}",
-                    num_classes=st.num_classes,
-                    class_names=st.class_names,
-                    dataset=spec,
-                    model=sc.model,
-                    config=cfg,
-                    overwrite=True,
-                ) as w:
-                    w.write(z_s, split="test", labels=te_y, example_ids=te_ids)
+                _write_student_logits(st, t, row, z_s, sc, outp, temperature=temperature)
             rep.message(
-                f"{srun} seed {seed}: student test acc {acc:.4f}"
-                + ("" if plain else f" (teacher {teacher_acc:.4f})")
+                f"{row['student_run']} seed {seed}: student test acc "
+                f"{row['student_test_acc']:.4f}"
+                + ("" if plain else f" (teacher {t.teacher_acc:.4f})")
             )
     return rows
 
 
-def _student_label(sc: StudentConfig) -> str:
-    h = "x".join(map(str, sc.hidden))
-    return f"{sc.model}-{h}" if sc.model == "mlp" else sc.model
+def _warn_control_temperature(meta: dict[str, Any], run: str, temperature: float) -> None:
+    """A control keeps p_y only at the temperature it was made at: warn at any other."""
+    cfg_in = meta.get("config") or {}
+    control_t = cfg_in.get("temperature") if cfg_in.get("control") else None
+    if control_t is not None and not math.isclose(float(control_t), temperature):
+        warnings.warn(
+            f"run {run!r} is a {cfg_in['control']!r} control made at T = {control_t:g} but "
+            f"distilled at T = {temperature:g}: at this T it no longer keeps the teacher's "
+            f"p_y; make it with `kdlens controls -T {temperature:g}`",
+            stacklevel=3,  # the line in distill()
+        )
 
 
-def _student_dict(sc: StudentConfig) -> dict[str, Any]:
+def _result_row(
+    t: TeacherData,
+    z_s: np.ndarray,
+    sc: StudentConfig,
+    *,
+    seed: int,
+    temperature: float,
+    alpha: float,
+) -> dict[str, Any]:
+    """One row of :data:`RESULT_SCHEMA` (``seconds`` is set by the caller)."""
+    logp = torch.log_softmax(torch.from_numpy(z_s).double(), 1).numpy()
+    acc = float((z_s.argmax(1) == t.te_y).mean())
+    nll = float(-logp[np.arange(len(t.te_y)), t.te_y].mean())
+    plain = t.plain
     return {
-        "model": sc.model,
-        "hidden": list(sc.hidden),
-        "epochs": sc.epochs,
-        "lr": sc.lr,
-        "weight_decay": sc.weight_decay,
-        "batch_size": sc.batch_size,
+        "run": None if plain else t.run,
+        "checkpoint": None if plain else t.checkpoint,
+        "epoch": None if plain else t.epoch,
+        "batch_size": None if plain else t.batch_size,
+        "seed": seed,
+        "student": student_label(sc),
+        "temperature": float(temperature),
+        "alpha": alpha,
+        "plain": plain,
+        "n_train": len(t.ytr),
+        "n_test": len(t.te_y),
+        "teacher_test_acc": t.teacher_acc,
+        "student_test_acc": acc,
+        "student_test_nll": nll,
+        "student_run": "student-plain" if plain else f"student-{t.run}-{t.checkpoint}",
+        "seconds": 0.0,
     }
+
+
+def _write_student_logits(
+    st: LogitsStore,
+    t: TeacherData,
+    row: dict[str, Any],
+    z_s: np.ndarray,
+    sc: StudentConfig,
+    outp: Path,
+    *,
+    temperature: float,
+) -> None:
+    """``outp/logits/<student_run>/seed<S>.parquet``: one student's test logits."""
+    srun, seed = row["student_run"], row["seed"]
+    cfg = {
+        "teacher_run": row["run"],
+        "teacher_checkpoint": row["checkpoint"],
+        "temperature": temperature,
+        "alpha": row["alpha"],
+        "seed": seed,
+        "plain": t.plain,
+        "student": student_dict(sc),
+        "teacher_store": str(st.source),
+    }
+    with CheckpointWriter(
+        outp / "logits" / srun / f"seed{seed}.parquet",
+        run=srun,
+        checkpoint=f"seed{seed}",
+        num_classes=st.num_classes,
+        class_names=st.class_names,
+        dataset=t.spec,
+        model=sc.model,
+        config=cfg,
+        overwrite=True,
+    ) as w:
+        w.write(z_s, split="test", labels=t.te_y, example_ids=t.te_ids)
 
 
 def _select(
@@ -351,215 +336,6 @@ def _select(
         # The plain students ignore the teacher: train them once, on the first pair's transfer set.
         sel = sel[:1]
     return sel
-
-
-def _test_part(
-    st: LogitsStore, r: str, ck: str, meta: dict[str, Any], spec: str, src: SourceData
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Test ids, labels and teacher logits; ids re-created from the dump's split if absent."""
-    if any(p.split == "test" for p in st.find(r, ck)):
-        te = st.load(r, ck, "test")
-        ids = te.example_ids
-        _check_ids(ids, len(src.y), f"{r}/{ck} test")
-        y = np.where(te.labels >= 0, te.labels, src.y[ids]).astype(np.int64)
-        return ids, y, te.logits
-    d = (meta.get("config") or {}).get("data") or {}
-    if not d:
-        raise StoreError(
-            f"{st.source}: run={r!r} checkpoint={ck!r} has no test split and no "
-            "recorded split to re-create it from"
-        )
-    splits = prepare_data(
-        spec,
-        seed=int(d.get("split_seed", 0)),
-        train_size=d.get("train_size"),
-        val_size=d.get("val_size", 0.2),
-        test_size=d.get("test_size"),
-    )
-    te_ids = splits["test"].ids
-    return te_ids, src.y[te_ids].astype(np.int64), None
-
-
-def _check_ids(ids: np.ndarray, n: int, where: str) -> None:
-    if len(ids) and (ids.min() < 0 or ids.max() >= n):
-        raise InputError(
-            f"{where}: example ids run {int(ids.min())}..{int(ids.max())} but the dataset "
-            f"has {n} rows; "
-            "is --dataset the one the teacher was dumped from?"
-        )
-
-
-_NORM_CACHE: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _inputs(
-    src: SourceData, train_ids: np.ndarray, test_ids: np.ndarray, *, where: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised inputs of the given rows, with the transfer set's statistics (as dump does)."""
-    _check_ids(train_ids, len(src.y), f"{where} train")
-    x = src.x
-    key = hashlib.sha1(np.ascontiguousarray(np.sort(train_ids)).tobytes()).hexdigest() + src.spec
-    if key not in _NORM_CACHE:
-        axes = (0, 2, 3) if x.ndim == 4 else (0,)
-        xt = x[train_ids].astype(np.float32)
-        mean = xt.mean(axis=axes, keepdims=True)
-        std = xt.std(axis=axes, keepdims=True)
-        _NORM_CACHE.clear()  # one transfer set at a time is the common case
-        _NORM_CACHE[key] = (mean, np.where(std > 1e-6, std, 1.0).astype(np.float32))
-    mean, std = _NORM_CACHE[key]
-    xtr = ((x[train_ids].astype(np.float32) - mean) / std).astype(np.float32)
-    xte = ((x[test_ids].astype(np.float32) - mean) / std).astype(np.float32)
-    return xtr, xte
-
-
-def _teacher_log_probs(
-    z_teacher: np.ndarray | None, alpha: float, t: float, device: torch.device
-) -> torch.Tensor | None:
-    """log softmax(z_teacher / T), or None when the KD term is off."""
-    if z_teacher is None or alpha <= 0:
-        return None
-    return torch.log_softmax(torch.from_numpy(z_teacher).to(device).float() / t, 1)
-
-
-def _predict(fn: Any, xte: np.ndarray, device: torch.device) -> list[torch.Tensor]:
-    """``fn`` over the test inputs in chunks of 4096 rows, on the CPU as float32."""
-    with torch.inference_mode():
-        return [
-            fn(torch.from_numpy(xte[i : i + 4096]).to(device)).float().cpu()
-            for i in range(0, len(xte), 4096)
-        ]
-
-
-def _train_student(
-    xtr: np.ndarray,
-    ytr: np.ndarray,
-    z_teacher: np.ndarray | None,
-    xte: np.ndarray,
-    sc: StudentConfig,
-    *,
-    num_classes: int,
-    temperature: float,
-    alpha: float,
-    seed: int,
-    device: torch.device,
-) -> np.ndarray:
-    """Train one student; return its test logits (n_test, K) float32."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(
-            sc.model, num_classes=num_classes, input_shape=xtr.shape[1:], hidden=sc.hidden
-        ).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=sc.lr, weight_decay=sc.weight_decay)
-    x = torch.from_numpy(xtr).to(device)
-    y = torch.from_numpy(ytr).to(device)
-    t = float(temperature)
-    log_pt = _teacher_log_probs(z_teacher, alpha, t, device)
-    n = len(ytr)
-    bs = n if sc.batch_size == 0 else min(sc.batch_size, n)
-    gen = torch.Generator().manual_seed(seed + 99991)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sc.epochs * ((n + bs - 1) // bs))
-    model.train()
-    for _ in range(sc.epochs):
-        order = torch.randperm(n, generator=gen).to(device) if bs < n else None
-        for i in range(0, n, bs):
-            idx = order[i : i + bs] if order is not None else slice(None)
-            z = model(x[idx])
-            loss = F.cross_entropy(z, y[idx]) * (1.0 - alpha) if alpha < 1 else z.sum() * 0.0
-            if log_pt is not None:
-                kl = F.kl_div(
-                    torch.log_softmax(z / t, 1), log_pt[idx], log_target=True, reduction="batchmean"
-                )
-                loss = loss + alpha * t * t * kl
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    out = _predict(model, xte, device)
-    return torch.cat(out).numpy() if out else np.empty((0, num_classes), np.float32)
-
-
-def _train_mlp_students(
-    xtr: np.ndarray,
-    ytr: np.ndarray,
-    z_teacher: np.ndarray | None,
-    xte: np.ndarray,
-    sc: StudentConfig,
-    *,
-    seeds: list[int],
-    num_classes: int,
-    temperature: float,
-    alpha: float,
-    device: torch.device,
-) -> list[np.ndarray]:
-    """Full-batch MLP students, one per seed, trained side by side; their test logits.
-
-    Student ``s`` is initialised exactly as ``MLP`` under ``torch.manual_seed(s)``; the
-    losses add up over students and AdamW is elementwise, so no student affects another:
-    this equals training each alone, only with one wide first-layer matmul per step.
-    """
-    n, d = xtr.shape[0], int(np.prod(xtr.shape[1:]))
-    ws: list[list[torch.Tensor]] = []
-    bs: list[list[torch.Tensor]] = []
-    for seed in seeds:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            m = build_model(
-                "mlp", num_classes=num_classes, input_shape=xtr.shape[1:], hidden=sc.hidden
-            )
-        lin = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
-        ws.append([mod.weight.detach().t().contiguous() for mod in lin])  # (in, out)
-        bs.append([mod.bias.detach().clone() for mod in lin])
-    S = len(seeds)
-    weights = [
-        torch.stack([w[j] for w in ws]).to(device).requires_grad_() for j in range(len(ws[0]))
-    ]  # (S, in, out)
-    biases = [
-        torch.stack([b[j] for b in bs])[:, None, :].to(device).requires_grad_()
-        for j in range(len(bs[0]))
-    ]  # (S, 1, out)
-    opt = torch.optim.AdamW([*weights, *biases], lr=sc.lr, weight_decay=sc.weight_decay)
-    # AdamW decays biases too in the single-student path (model.parameters()): same here.
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=sc.epochs)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], d)
-        w0 = weights[0]
-        h = (x @ w0.permute(1, 0, 2).reshape(d, -1)).reshape(x.shape[0], S, -1).transpose(0, 1)
-        h = h + biases[0]
-        for w, b in zip(weights[1:], biases[1:], strict=True):
-            h = torch.baddbmm(b, torch.relu(h), w)
-        return h  # (S, n, K)
-
-    x = torch.from_numpy(xtr).to(device)
-    y = torch.from_numpy(ytr).to(device)
-    t = float(temperature)
-    log_pt = _teacher_log_probs(z_teacher, alpha, t, device)
-    for _ in range(sc.epochs):
-        z = forward(x)
-        # Sum over students of each student's mean loss.
-        loss = z.sum() * 0.0
-        if alpha < 1:
-            ce = F.cross_entropy(z.reshape(S * n, -1), y.repeat(S), reduction="sum") / n
-            loss = loss + (1.0 - alpha) * ce
-        if log_pt is not None:
-            kl = (
-                F.kl_div(
-                    torch.log_softmax(z / t, 2),
-                    log_pt.expand(S, -1, -1),
-                    log_target=True,
-                    reduction="sum",
-                )
-                / n
-            )
-            loss = loss + alpha * t * t * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    outs = _predict(forward, xte, device)
-    zte = torch.cat(outs, 1) if outs else torch.empty(S, 0, num_classes)
-    return [zte[i].numpy() for i in range(S)]
 
 
 _KEY = ["student_run", "seed", "student", "temperature", "alpha", "plain"]

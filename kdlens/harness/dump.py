@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import torch
 
 from kdlens.errors import InputError
-from kdlens.harness.data import prepare_data
+from kdlens.harness.config import DumpConfig
+from kdlens.harness.data import Splits, prepare_data
 from kdlens.harness.models import build_model, is_convnet, probe_model
+from kdlens.harness.reporting import QuietReporter, Reporter, RunResult
+from kdlens.harness.rundir import changed_keys, read_manifest, write_json_atomic
 from kdlens.harness.runtime import (
     extract_state_dict,
     load_state_dict_checked,
@@ -23,15 +27,8 @@ from kdlens.harness.runtime import (
     predict_logits,
     resolve_device,
 )
-from kdlens.harness.train import (
-    DumpConfig,
-    QuietReporter,
-    Reporter,
-    RunResult,
-    train_run,
-    write_json_atomic,
-)
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.harness.train import train_run
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["dump", "dump_checkpoints", "summarize_runs"]
 
@@ -65,18 +62,7 @@ def dump(
         test_size=cfg.test_size,
         label_noise=cfg.label_noise,
     )
-    i = data.info
-    rep.message(
-        f"dataset {data.spec}: K={data.num_classes}, train={i['n_train']}, val={i['n_val']}, "
-        f"test={i['n_test']}"
-        + (f", {i['labels_flipped']} train labels flipped" if i["labels_flipped"] else "")
-        + f"; device {device}"
-    )
-    rep.message(
-        "learning rate: "
-        + ", ".join(f"bs{b}: {cfg.run_config(b, 0)['effective_lr']:.4g}" for b in cfg.batch_sizes)
-        + f" ({cfg.lr_scaling} scaling of {cfg.base_lr:g} at batch size 128)"
-    )
+    _announce(rep, cfg, data, device)
     # A bad model name or factory fails here, before any existing output is looked at.
     probe_model(
         build_model(
@@ -117,39 +103,46 @@ def dump(
             "data": data.info,
             "device": str(device),
             "wall_seconds": time.perf_counter() - t0,
-            "runs": [
-                {
-                    "run": r.run,
-                    "status": r.status,
-                    "train_seconds": r.train_seconds,
-                    "dump_seconds": r.dump_seconds,
-                    "dump_overhead": r.dump_overhead,
-                    "dump_worker_seconds": r.dump_worker_seconds,
-                }
-                for r in results
-            ],
+            "runs": [_run_summary(r) for r in results],
         },
         outp / "kdlens-dump.json",
     )
     return results
 
 
-def _check_existing(rdir: Path, rc: dict[str, Any]) -> None:
-    import json
+def _announce(rep: Reporter, cfg: DumpConfig, data: Splits, device: torch.device) -> None:
+    """The dataset's sizes and the learning rate of each batch size."""
+    i = data.info
+    rep.message(
+        f"dataset {data.spec}: K={data.num_classes}, train={i['n_train']}, val={i['n_val']}, "
+        f"test={i['n_test']}"
+        + (f", {i['labels_flipped']} train labels flipped" if i["labels_flipped"] else "")
+        + f"; device {device}"
+    )
+    rep.message(
+        "learning rate: "
+        + ", ".join(f"bs{b}: {cfg.run_config(b, 0)['effective_lr']:.4g}" for b in cfg.batch_sizes)
+        + f" ({cfg.lr_scaling} scaling of {cfg.base_lr:g} at batch size 128)"
+    )
 
-    mp = rdir / "manifest.json"
+
+def _run_summary(r: RunResult) -> dict[str, Any]:
+    return {
+        "run": r.run,
+        "status": r.status,
+        "train_seconds": r.train_seconds,
+        "dump_seconds": r.dump_seconds,
+        "dump_overhead": r.dump_overhead,
+        "dump_worker_seconds": r.dump_worker_seconds,
+    }
+
+
+def _check_existing(rdir: Path, rc: dict[str, Any]) -> None:
     if not rdir.exists():
         return
-    try:
-        old = json.loads(mp.read_text()) if mp.is_file() else None
-    except json.JSONDecodeError:
-        old = None
+    old = read_manifest(rdir)
     if old is None or old.get("config") != rc:
-        keys = []
-        if old and isinstance(old.get("config"), dict):
-            keys = sorted(
-                k for k in set(rc) | set(old["config"]) if rc.get(k) != old["config"].get(k)
-            )
+        keys = changed_keys(rc, old)
         why = f"differs in: {', '.join(keys[:6])}" if keys else "no readable manifest"
         raise InputError(
             f"{rdir}: already holds a different run ({why}); pass --overwrite to replace it"

@@ -20,7 +20,7 @@ from torch import nn
 
 from kdlens.errors import InputError
 from kdlens.harness.runtime import autocast
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["LogitsWriter"]
 
@@ -131,39 +131,8 @@ class LogitsWriter:
                 autocast(device),
             ):
                 for i, batch in enumerate(loader):
-                    if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
-                        raise InputError(
-                            f"loader batch {i} must be (x, y) or (x, y, example_id), "
-                            f"got {type(batch).__name__}"
-                        )
-                    x, y = batch[0], batch[1]
-                    x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
-                    z = model(x)
-                    if (
-                        not isinstance(z, torch.Tensor)
-                        or z.ndim != 2
-                        or z.shape[1] != self.num_classes
-                    ):
-                        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-                        raise InputError(
-                            f"model output must be (batch, {self.num_classes}) logits, got {shape}"
-                        )
-                    n = z.shape[0]
-                    ids = (
-                        np.asarray(
-                            batch[2].cpu() if isinstance(batch[2], torch.Tensor) else batch[2]
-                        )
-                        if len(batch) == 3
-                        else np.arange(seen, seen + n)
-                    )
-                    yy = y.cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
-                    zf = z.float()
-                    if not bool(torch.isfinite(zf).all()):
-                        # Analyses refuse non-finite logits; say so while the run is at hand.
-                        raise InputError(
-                            f"checkpoint {checkpoint!r}: the model produced NaN/Inf logits in "
-                            f"loader batch {i}; nothing was written"
-                        )
+                    zf, yy, ids = self._logits_of(model, batch, i, seen, device, checkpoint)
+                    n = zf.shape[0]
                     w.write(zf, split=split, labels=yy, example_ids=ids)
                     seen += n
                 if seen == 0:
@@ -171,3 +140,41 @@ class LogitsWriter:
         finally:
             model.train(was_training)
         return path
+
+    def _logits_of(
+        self,
+        model: nn.Module,
+        batch: Any,
+        i: int,
+        seen: int,
+        device: torch.device,
+        checkpoint: str,
+    ) -> tuple[torch.Tensor, Any, np.ndarray]:
+        """One loader batch's float logits, labels and example ids, checked."""
+        if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
+            raise InputError(
+                f"loader batch {i} must be (x, y) or (x, y, example_id), got {type(batch).__name__}"
+            )
+        x, y = batch[0], batch[1]
+        x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
+        z = model(x)
+        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.num_classes:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise InputError(
+                f"model output must be (batch, {self.num_classes}) logits, got {shape}"
+            )
+        n = z.shape[0]
+        ids = (
+            np.asarray(batch[2].cpu() if isinstance(batch[2], torch.Tensor) else batch[2])
+            if len(batch) == 3
+            else np.arange(seen, seen + n)
+        )
+        yy = y.cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
+        zf = z.float()
+        if not bool(torch.isfinite(zf).all()):
+            # Analyses refuse non-finite logits; say so while the run is at hand.
+            raise InputError(
+                f"checkpoint {checkpoint!r}: the model produced NaN/Inf logits in "
+                f"loader batch {i}; nothing was written"
+            )
+        return zf, yy, ids

@@ -333,7 +333,7 @@ def compare_stores(
     (frame, comparison): one row per student (``side``, ``run``, ``checkpoint``,
     ``seed``, ``n``, ``accuracy``) and the :class:`StudentComparison`.
     """
-    from kdlens.store.parquet import open_store
+    from kdlens.store.reader import open_store
 
     _check_options(n_bootstrap, alpha)
     sides = {"real": open_store(real_store), "control": open_store(control_store)}

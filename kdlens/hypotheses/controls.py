@@ -45,7 +45,8 @@ import numpy as np
 from kdlens._internal.checks import check_logits_labels, check_square, check_temperature
 from kdlens.errors import InputError
 from kdlens.measures.core import _Core, _Target
-from kdlens.store.parquet import CheckpointWriter, LogitsStore, open_store
+from kdlens.store.reader import LogitsStore, open_store
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["CONTROL_KINDS", "control_log_probs", "make_controls"]
 
@@ -157,7 +158,7 @@ def make_controls(
 ) -> list[Path]:
     """Write the ``kind`` control of every run x checkpoint of ``store`` under directory ``out``.
 
-    Streams part by part through :class:`~kdlens.store.parquet.CheckpointWriter`; one file
+    Streams part by part through :class:`~kdlens.store.writer.CheckpointWriter`; one file
     ``<run>+<kind>/<checkpoint>.parquet`` (the layout of a dump) per source checkpoint,
     holding every split, run name ``<run>+<kind>``. ``permuted`` is deterministic in ``seed``
     (and the part); ``class-mean`` reads each part twice (``S`` first).

@@ -152,7 +152,7 @@ def fidelity(
 
     ``a`` and ``b`` are ``(run, checkpoint)`` pairs; both parts are streamed side by side.
     """
-    from kdlens.store.parquet import open_store
+    from kdlens.store.reader import open_store
 
     st = open_store(store)
     acc = FidelityAccumulator(temperature=temperature)

@@ -56,7 +56,7 @@ from kdlens._internal.defaults import (
 )
 from kdlens._internal.hashing import poisson_weights
 from kdlens.errors import InputError, StoreError
-from kdlens.store.parquet import LogitsStore, open_store
+from kdlens.store.reader import LogitsStore, open_store
 
 __all__ = [
     "DEFAULT_COLLAPSE_WEIGHT",

@@ -26,7 +26,7 @@ from kdlens.errors import InputError, KdlensError
 from kdlens.report.charts import (
     teacher_label,
 )
-from kdlens.store.parquet import LogitsStore, open_store
+from kdlens.store.reader import LogitsStore, open_store
 
 __all__ = ["ANALYSIS_TABLES", "ReportData", "collect_report_data"]
 
@@ -127,7 +127,7 @@ def collect_report_data(
     Parameters
     ----------
     source
-        A logits store (path, directory, glob or :class:`~kdlens.store.parquet.LogitsStore`:
+        A logits store (path, directory, glob or :class:`~kdlens.store.reader.LogitsStore`:
         analysed here), an analysis directory (``summary.parquet``, ``classes.parquet``,
         ``similarity.parquet``, ``edges.parquet``) or an object with ``.summary``
         (an ``AnalysisResult``).

@@ -8,7 +8,9 @@ import html
 import json
 import math
 import os
+import string
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +18,10 @@ import altair as alt
 import polars as pl
 
 from kdlens._internal.atomic import write_bytes_atomic
-from kdlens._internal.defaults import (
-    ALPHA,
-)
+from kdlens._internal.defaults import ALPHA
 from kdlens._version import __version__
 from kdlens.errors import InputError
-from kdlens.report.charts import (
-    teacher_label,
-)
+from kdlens.report.charts import teacher_label
 from kdlens.report.data import (
     WEAK_EFFECT,
     ReportData,
@@ -48,6 +46,17 @@ def _vega_bundle(vl_version: str | None) -> str:
     js = vlc.javascript_bundle(vl_version=vl_version)  # type: ignore[call-arg]
     # "</script" inside a script element would end it early; "<\/" means the same in JS.
     return js.replace("</script", "<\\/script")
+
+
+@functools.cache
+def _asset_text(name: str) -> str:
+    """One file of ``kdlens/report/assets`` (shipped as package data)."""
+    return (resources.files("kdlens.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+def _asset(name: str) -> string.Template:
+    # $-placeholders: the values (CSS, Vega's JS, JSON) are inserted as they are, never re-parsed.
+    return string.Template(_asset_text(name))
 
 
 def _vl_version() -> str | None:
@@ -102,13 +111,13 @@ def render_report(data: ReportData, sections: list[Section] | None = None) -> st
     body.append(_methods_html(data))
     specs_json = json.dumps(specs, allow_nan=False).replace("</", "<\\/")
     bundle = _vega_bundle(_vl_version())
-    return _PAGE.format(
+    return _asset("page.html").substitute(
         title=_e(data.title),
-        css=_CSS,
+        css=_asset_text("report.css"),
         body="\n".join(b for b in body if b),
-        bundle=bundle,
-        specs=specs_json,
-        embed=_EMBED_JS,
+        vega_js=bundle,
+        chart_specs_json=specs_json,
+        embed_js=_asset_text("embed.js"),
     )
 
 
@@ -302,86 +311,6 @@ def _methods_html(data: ReportData) -> str:
         + "".join(f"<li>{_e(i)}</li>" for i in items)
         + "</ul></section>"
     )
-
-
-_CSS = """
-:root { --fg:#1d2330; --muted:#5b6577; --line:#e2e6ee; --accent:#e4572e; }
-* { box-sizing: border-box; }
-body { margin:0; background:#f5f6f9; color:var(--fg);
-  font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; }
-main { max-width:1240px; margin:0 auto; padding:20px 24px 48px; }
-header h1 { margin:0 0 2px; font-size:26px; }
-.sub { color:var(--muted); margin:0 0 12px; }
-.facts { border-collapse:collapse; font-size:13px; }
-.facts th { text-align:left; color:var(--muted); font-weight:600; padding:1px 14px 1px 0; }
-.card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:14px 18px;
-  margin:14px 0; overflow-x:auto; }
-.card h2 { margin:0 0 4px; font-size:18px; }
-.caption { color:var(--muted); margin:0 0 10px; font-size:13.5px; max-width:980px; }
-.row { display:flex; flex-wrap:wrap; gap:14px; align-items:flex-start; }
-.row > .card { flex:1 1 460px; margin:0; min-width:0; }
-.row { margin:14px 0; }
-.rec { border-left:5px solid var(--accent); }
-.pick { font-size:17px; margin:4px 0; }
-.notes { color:var(--muted); font-size:13px; }
-.unavailable { color:#8a5a00; background:#fff7e0; padding:8px 10px; border-radius:6px; }
-table.data { border-collapse:collapse; font-size:13px; width:100%; }
-table.data th, table.data td { border-bottom:1px solid var(--line); padding:3px 8px;
-  text-align:left;
-  white-space:nowrap; }
-table.data th { position:sticky; top:0; background:#fff; }
-.scroll { overflow:auto; }
-.scroll.tall { max-height:420px; }
-.v-kd { color:#1b7f3b; font-weight:600; } .v-weak { color:#8a5a00; }
-.v-reg { color:#b3261e; font-weight:600; }
-.chart-error { color:#b3261e; }
-"""
-
-_EMBED_JS = """
-(function () {
-  var specs = JSON.parse(document.getElementById("kdlens-specs").textContent);
-  var status = { rendered: [], failed: [] };
-  window.kdlensStatus = status;
-  var opts = { renderer: "svg",
-    actions: { export: true, source: false, compiled: false, editor: false } };
-  var jobs = Object.keys(specs).map(function (id) {
-    return vegaEmbed("#" + id, specs[id], opts).then(
-      function () { status.rendered.push(id); },
-      function (err) {
-        status.failed.push(id);
-        var el = document.getElementById(id);
-        el.className += " chart-error";
-        el.textContent = "This chart failed to render: " + err;
-        console.error("kdlens chart " + id + ": " + err);
-      });
-  });
-  Promise.all(jobs).then(function () {
-    document.body.setAttribute("data-kdlens-rendered", String(status.rendered.length));
-    document.body.setAttribute("data-kdlens-failed", String(status.failed.length));
-    document.body.setAttribute("data-kdlens-done", "1");
-    document.dispatchEvent(new Event("kdlens-rendered"));
-  });
-})();
-"""
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>{css}</style>
-<script>{bundle}</script>
-</head>
-<body>
-<main>
-{body}
-</main>
-<script type="application/json" id="kdlens-specs">{specs}</script>
-<script>{embed}</script>
-</body>
-</html>
-"""
 
 
 # --------------------------------------------------------------------------- output

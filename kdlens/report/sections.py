@@ -50,7 +50,6 @@ class Section:
 
 def report_charts(data: ReportData) -> list[Section]:
     """Build every chart of the report; absent ones carry the reason instead."""
-    rec = data.recommendation
     sections: list[Section] = []
 
     def add(key: str, title: str, caption: str, build: Callable[[], Any]) -> None:
@@ -58,6 +57,20 @@ def report_charts(data: ReportData) -> list[Section]:
             sections.append(Section(key, title, caption, chart=build()))
         except ChartUnavailable as exc:
             sections.append(Section(key, title, caption, unavailable=str(exc)))
+
+    _grid_sections(data, add)
+    _similarity_sections(data, add)
+    _calibration_sections(data, add)
+    return sections
+
+
+#: Adds one section: (key, title, caption, a builder that may raise ChartUnavailable).
+_Add = Callable[[str, str, str, Callable[[], Any]], None]
+
+
+def _grid_sections(data: ReportData, add: _Add) -> None:
+    """The sweet-spot map, the trajectories and the Pareto front."""
+    rec = data.recommendation
 
     def sweet() -> Any:
         if rec is None or getattr(rec, "sweet_spot", None) is None:
@@ -98,6 +111,9 @@ def report_charts(data: ReportData) -> list[Section]:
         pareto,
     )
 
+
+def _similarity_sections(data: ReportData, add: _Add) -> None:
+    """The heatmap and the class graph of the focus checkpoint."""
     sim_split, S, order, clusters = _focus_matrix(data)
     focus = teacher_label(*data.focus) if data.focus else "—"
 
@@ -139,6 +155,10 @@ def report_charts(data: ReportData) -> list[Section]:
         graph,
     )
 
+
+def _calibration_sections(data: ReportData, add: _Add) -> None:
+    """The reliability diagram and the entropy distributions (both need the store)."""
+
     def reliability() -> Any:
         if data.reliability is None:
             if data.has_store:
@@ -171,7 +191,6 @@ def report_charts(data: ReportData) -> list[Section]:
         "one-example-one-class (OEOC) learning: nothing beyond the label to distill.",
         entropy,
     )
-    return sections
 
 
 def _group_word(summary: pl.DataFrame) -> str:

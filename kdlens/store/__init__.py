@@ -1,22 +1,18 @@
 """The logits store: one Parquet row per (run, checkpoint, split, example).
 
-- :mod:`kdlens.store.parquet`: the format, the atomic writer and the lazy reader.
+- :mod:`kdlens.store.format`: the columns, schema, metadata key and the data model (Part, Batch).
+- :mod:`kdlens.store.writer`: the atomic writer (``CheckpointWriter``, ``write_logits``).
+- :mod:`kdlens.store.scan`: resolving a source to files and indexing parts from footers.
+- :mod:`kdlens.store.reader`: the lazy reader (``open_store``, ``LogitsStore``).
 - :mod:`kdlens.store.validate`: ``kdlens validate``.
 - :mod:`kdlens.store.importing`: ``kdlens import`` of arrays written elsewhere.
 """
 
+from kdlens.store.format import FORMAT_VERSION, Batch, Part, arrow_schema
 from kdlens.store.importing import ImportedCheckpoint, import_files, read_array_file
-from kdlens.store.parquet import (
-    FORMAT_VERSION,
-    Batch,
-    CheckpointWriter,
-    LogitsStore,
-    Part,
-    arrow_schema,
-    open_store,
-    write_logits,
-)
+from kdlens.store.reader import LogitsStore, open_store
 from kdlens.store.validate import PartReport, ValidationReport, validate
+from kdlens.store.writer import CheckpointWriter, write_logits
 
 __all__ = [
     "FORMAT_VERSION",

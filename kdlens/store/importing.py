@@ -22,7 +22,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from kdlens.errors import InputError
-from kdlens.store.parquet import CheckpointWriter
+from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["ImportedCheckpoint", "import_files", "read_array_file"]
 

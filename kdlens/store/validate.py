@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from kdlens.errors import KdlensError
-from kdlens.store.parquet import FORMAT_VERSION, LogitsStore, _FileInfo, _scan_file, resolve_files
+from kdlens.store.format import FORMAT_VERSION, FileInfo
+from kdlens.store.reader import LogitsStore
+from kdlens.store.scan import resolve_files, scan_file
 
 __all__ = ["PartReport", "ValidationReport", "validate"]
 
@@ -186,7 +188,7 @@ def _scan_part(
         ids_seen.append(b.example_ids)
 
 
-def _scan_all(source: Any, report: ValidationReport) -> list[_FileInfo]:
+def _scan_all(source: Any, report: ValidationReport) -> list[FileInfo]:
     if isinstance(source, LogitsStore):
         return list(source._files)
     try:
@@ -197,7 +199,7 @@ def _scan_all(source: Any, report: ValidationReport) -> list[_FileInfo]:
     infos = []
     for p in paths:
         try:
-            infos.append(_scan_file(Path(p)))
+            infos.append(scan_file(Path(p)))
         except KdlensError as exc:
             report.unreadable.append(str(exc))
     return infos

@@ -92,7 +92,8 @@ print(json.dumps({"wall": wall, "rss_mib": rss(),
 
 def write_store(path: Path, n: int, k: int, seed: int = 0) -> None:
     sys.path.insert(0, str(REPO))
-    from kdlens.store.parquet import CheckpointWriter, default_batch_rows
+    from kdlens.store.format import default_batch_rows
+    from kdlens.store.writer import CheckpointWriter
 
     rng = np.random.default_rng(seed)
     # A structured teacher: class c is confused with its two neighbours.

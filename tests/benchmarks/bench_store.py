@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 
 
 def _write_kdlens(path: Path, z: np.ndarray, ids: np.ndarray, y: np.ndarray) -> float:
-    from kdlens.store.parquet import CheckpointWriter, default_batch_rows
+    from kdlens.store.format import default_batch_rows
+    from kdlens.store.writer import CheckpointWriter
 
     t = time.perf_counter()
     step = default_batch_rows(z.shape[1])
@@ -46,7 +47,7 @@ def _write_kdlens(path: Path, z: np.ndarray, ids: np.ndarray, y: np.ndarray) -> 
 
 
 def _write_pyarrow(path: Path, z: np.ndarray, ids: np.ndarray, y: np.ndarray) -> float:
-    from kdlens.store.parquet import arrow_schema, default_batch_rows
+    from kdlens.store.format import arrow_schema, default_batch_rows
 
     t = time.perf_counter()
     n, k = z.shape
@@ -70,7 +71,7 @@ def _write_pyarrow(path: Path, z: np.ndarray, ids: np.ndarray, y: np.ndarray) ->
 
 def _reader_child(mode: str, path: str) -> None:
     """Runs in a subprocess so that ru_maxrss is this reader's alone."""
-    from kdlens.store.parquet import open_store  # imports are not part of the timing
+    from kdlens.store.reader import open_store  # imports are not part of the timing
 
     base = _hwm_mb()
     t = time.perf_counter()

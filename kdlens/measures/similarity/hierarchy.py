@@ -264,7 +264,7 @@ def store_class_graph(
     Clusters the estimate into ``n_clusters`` (default: the number of superclasses when
     ``superclass_of_class`` is given) and scores them against the hierarchy.
     """
-    from kdlens.store.parquet import open_store
+    from kdlens.store.reader import open_store
 
     st = open_store(store)
     k = st.num_classes
