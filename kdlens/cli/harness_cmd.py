@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from kdlens.cli._app import app, console, handle_errors
 from kdlens.errors import InputError
@@ -49,6 +47,14 @@ class _RichReporter:
     """Progress bars for runs and epochs, and one line per epoch."""
 
     def __init__(self, total_runs: int, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self.quiet = quiet
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -187,6 +193,8 @@ def dump_cmd(
     Re-running the same command skips finished checkpoints and resumes interrupted runs.
     """
     _need_torch()
+    from rich.table import Table
+
     from kdlens.harness.dump import dump, dump_checkpoints, summarize_runs
     from kdlens.harness.train import DumpConfig
 
@@ -306,6 +314,8 @@ def distill_cmd(
 ) -> None:
     """Train small students offline from STORED teacher logits and report their test accuracy."""
     _need_torch()
+    from rich.table import Table
+
     from kdlens.harness.distill import StudentConfig, distill
     from kdlens.harness.train import QuietReporter
 
