@@ -16,6 +16,25 @@ from kdlens.errors import InputError
 if TYPE_CHECKING:
     from kdlens.harness.train import RunResult
 
+# The option defaults below restate DumpConfig's and StudentConfig's (importing them needs
+# torch, which --help must not load); tests/test_cli_options.py holds the two sides equal.
+
+#: DumpConfig fields with no `kdlens dump` option (set them through the Python API).
+DUMPCONFIG_NOT_ON_CLI = frozenset({"dump_batch_size", "num_threads"})
+#: `kdlens dump` options that are not DumpConfig fields: the output, the
+#: --from-checkpoints mode and its run name, and how to treat existing output.
+DUMP_NOT_IN_CONFIG = frozenset({"out", "from_checkpoints", "run", "overwrite", "quiet"})
+#: `kdlens distill` option -> the StudentConfig field it sets.
+STUDENT_OPTIONS = {
+    "student": "model",
+    "student_hidden": "hidden",
+    "student_epochs": "epochs",
+    "student_lr": "lr",
+    "student_batch_size": "batch_size",
+}
+#: StudentConfig fields with no `kdlens distill` option.
+STUDENTCONFIG_NOT_ON_CLI = frozenset({"weight_decay"})
+
 
 def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
     if text is None or text == "":
