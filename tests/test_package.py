@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-#: Libraries that `import kdlens` and every `--help` must not import: they cost seconds.
-HEAVY = ("numpy", "polars", "pyarrow", "scipy", "sklearn", "altair", "torch")
+#: Libraries that `import kdlens` and every `--help` must not import: they cost seconds
+#: (pydantic: typer coerces option values through it, 0.2 s; see kdlens/cli/store_cmd.py).
+HEAVY = ("numpy", "polars", "pyarrow", "scipy", "sklearn", "altair", "torch", "pydantic")
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:

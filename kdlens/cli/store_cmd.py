@@ -25,10 +25,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+def _help(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+# The root's --help is an ordinary bool option: typer coerces the built-in one, absent
+# from `kdlens CMD --help`, through pydantic, which costs that help 0.2 s to import.
+@app.callback(add_help_option=False)
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    show_help: bool = typer.Option(
+        False, "--help", callback=_help, is_eager=True, help="Show this message and exit."
     ),
 ) -> None:
     """Which teacher checkpoint should you distill from? Analyses over dumped logits."""
