@@ -8,13 +8,17 @@ sides together: change a default on one side only and a test here fails.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.main import get_command
+from typer.testing import CliRunner
 
 from kdlens.cli import app, harness_cmd
 
@@ -185,3 +189,76 @@ def test_choices_restated_for_a_fast_help_equal_the_library_ones() -> None:
 
     assert analyze_cmd.CONTROL_KINDS == tuple(CONTROL_KINDS)
     assert store_cmd.KINDS == tuple(KINDS)
+
+
+# Library messages name parameters (`overwrite=True`); the CLI says them as its flags.
+
+
+def test_cli_words_turns_parameters_into_this_commands_flags() -> None:
+    from kdlens.cli._app import cli_words
+
+    flags = {"overwrite": "--overwrite", "kind": "--kind", "store": "STORE"}
+    assert cli_words("x: exists (pass `overwrite=True`)", flags) == "x: exists (pass --overwrite)"
+    assert cli_words("use `kind=probs` unless", flags) == "use --kind probs unless"
+    assert cli_words("`store` is empty", flags) == "STORE is empty"
+    assert cli_words("`n_bootstrap` must be >= 0", flags) == "`n_bootstrap` must be >= 0"
+
+
+def test_every_option_of_every_command_can_be_named() -> None:
+    from kdlens.cli._app import cli_flags
+
+    for name, cmd in _commands().items():
+        flags = cli_flags(cmd.callback)
+        for p in cmd.params:
+            want = p.name.upper() if not p.opts[0].startswith("-") else None
+            assert p.name in flags, (name, p.name)
+            assert want is None or flags[p.name] == want or flags[p.name] in p.opts
+
+
+def test_a_library_error_names_the_parameter_and_the_cli_the_flag(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    from kdlens.errors import InputError
+    from kdlens.store.importing import import_files
+
+    src = tmp_path / "a.npy"
+    np.save(src, np.zeros((4, 3), dtype=np.float32))
+    out = tmp_path / "store"
+    import_files([src], out, kind="logits")
+    with pytest.raises(InputError, match="pass `overwrite=True`"):
+        import_files([src], out, kind="logits")
+    res = CliRunner().invoke(app, ["import", str(src), "-o", str(out), "--kind", "logits"])
+    assert res.exit_code == 2
+    assert "pass --overwrite" in res.output and "`" not in res.output
+
+
+_FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+#: Files whose messages still name flags: harness/train.py is being split (issue 9, H3);
+#: its DumpConfig.validate messages move with it and are to be rephrased there.
+_NOT_YET = {"harness/train.py"}
+
+
+def _strings(node: ast.AST) -> list[tuple[int, str]]:
+    return [
+        (n.lineno, n.value)
+        for n in ast.walk(node)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
+
+
+def test_library_messages_name_parameters_not_flags() -> None:
+    root = Path(__file__).resolve().parents[1] / "kdlens"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel.startswith("cli/") or rel in _NOT_YET:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            call = node.exc if isinstance(node, ast.Raise) else node
+            if not isinstance(call, ast.Call):
+                continue
+            func = call.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if not (isinstance(node, ast.Raise) or name in ("warn", "message")):
+                continue
+            found += [f"{rel}:{ln}: {s!r}" for ln, s in _strings(call) if _FLAG.search(s)]
+    assert found == []

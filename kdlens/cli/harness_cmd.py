@@ -6,15 +6,11 @@ other command work without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import typer
 
-from kdlens.cli._app import app, console, handle_errors
+from kdlens.cli._app import app, cli_flags, console, handle_errors
+from kdlens.cli._reporters import LineReporter, RichReporter
 from kdlens.errors import InputError
-
-if TYPE_CHECKING:
-    from kdlens.harness.train import RunResult
 
 # The option defaults below restate DumpConfig's and StudentConfig's (importing them needs
 # torch, which --help must not load); tests/test_cli_options.py holds the two sides equal.
@@ -60,67 +56,6 @@ def _need_torch() -> None:
         import torch  # noqa: F401
     except ImportError:
         raise InputError("this command needs torch: pip install 'kdlens[torch]'") from None
-
-
-class _RichReporter:
-    """Progress bars for runs and epochs, and one line per epoch."""
-
-    def __init__(self, total_runs: int, quiet: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=quiet,
-        )
-        self.runs_task = self.progress.add_task("runs", total=total_runs)
-        self.epoch_task: Any = None
-
-    def __enter__(self) -> _RichReporter:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-    def message(self, text: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(text, highlight=False)
-
-    def run_started(self, run: str, *, epochs: int, start_epoch: int) -> None:
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
-        self.epoch_task = self.progress.add_task(
-            f"{run} epochs", total=epochs, completed=start_epoch
-        )
-        if start_epoch and not self.quiet:
-            self.message(
-                f"{run}: resuming after epoch {start_epoch}"
-                if start_epoch < epochs
-                else f"{run}: finished, skipped"
-            )
-
-    def epoch_done(self, run: str, epoch: int, metrics: dict[str, float]) -> None:
-        self.progress.update(self.epoch_task, completed=epoch)
-        self.message(
-            f"{run} epoch {epoch:>4}  loss {metrics['loss']:.4f}  "
-            f"train acc {metrics['train_acc']:.4f}"
-            f"  val acc {metrics['val_acc']:.4f}"
-        )
-
-    def run_done(self, run: str, result: RunResult) -> None:
-        self.progress.advance(self.runs_task)
 
 
 @app.command("dump")
@@ -224,7 +159,7 @@ def dump_cmd(
     }
     hid = _ints(hidden, "hidden") or ()
     if from_checkpoints:
-        with _RichReporter(0, quiet) as rep:
+        with RichReporter(0, quiet, cli_flags(dump_cmd)) as rep:
             files = dump_checkpoints(
                 from_checkpoints,
                 out,
@@ -264,7 +199,7 @@ def dump_cmd(
         **sizes,  # type: ignore[arg-type]
     )
     cfg.validate()
-    with _RichReporter(len(cfg.batch_sizes) * len(cfg.seeds), quiet) as rep:
+    with RichReporter(len(cfg.batch_sizes) * len(cfg.seeds), quiet, cli_flags(dump_cmd)) as rep:
         results = dump(out, cfg, overwrite=overwrite, reporter=rep)
     df = summarize_runs(results)
     t = Table(title=f"kdlens dump -> {out}")
@@ -293,7 +228,15 @@ def dump_cmd(
 
 
 @app.command("distill")
-@handle_errors
+@handle_errors(
+    flags={
+        "model": "--student",  # the only model distill builds
+        **{
+            f"student.{field}": "--" + opt.replace("_", "-")
+            for opt, field in STUDENT_OPTIONS.items()
+        },
+    }
+)
 def distill_cmd(
     store: str = typer.Argument(..., help="The teacher logits store (file, directory or glob)."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Teacher checkpoint id, e.g. ep008."),
@@ -345,7 +288,7 @@ def distill_cmd(
         lr=student_lr,
         batch_size=student_batch_size,
     )
-    rep = QuietReporter() if quiet else _LineReporter()
+    rep = QuietReporter() if quiet else LineReporter()
     df = distill(
         store,
         out,
@@ -387,12 +330,3 @@ def distill_cmd(
 
 def _s(v: object) -> str:
     return "-" if v is None else str(v)
-
-
-class _LineReporter:
-    def message(self, text: str) -> None:
-        console.print(text, highlight=False)
-
-    def run_started(self, run: str, *, epochs: int, start_epoch: int) -> None: ...
-    def epoch_done(self, run: str, epoch: int, metrics: dict[str, float]) -> None: ...
-    def run_done(self, run: str, result: Any) -> None: ...

@@ -361,7 +361,7 @@ def split_dataset(
     the flipped labels are the ones stored (the teacher trained on them).
     """
     if not 0.0 <= label_noise < 1.0:
-        raise InputError(f"--label-noise must lie in [0, 1), got {label_noise}")
+        raise InputError(f"`label_noise` must lie in [0, 1), got {label_noise}")
     y = src.y
     n = len(y)
     # Fractions are of the rows available for training (the whole dataset when it
@@ -386,7 +386,7 @@ def split_dataset(
     else:
         train_idx = pool
     if len(train_idx) == 0:
-        raise InputError("the train split is empty: lower --val-size / --test-size")
+        raise InputError("the train split is empty: lower `val_size` / `test_size`")
 
     x = src.x.astype(np.float32)
     # Normalise with the transfer set's statistics: per channel for images.

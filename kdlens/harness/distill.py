@@ -71,12 +71,12 @@ class StudentConfig:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise InputError(f"--student-epochs must be at least 1, got {self.epochs}")
+            raise InputError(f"`student.epochs` must be at least 1, got {self.epochs}")
         if self.lr <= 0:
-            raise InputError(f"--student-lr must be positive, got {self.lr}")
+            raise InputError(f"`student.lr` must be positive, got {self.lr}")
         if self.batch_size < 0:
             raise InputError(
-                f"--student-batch-size must be >= 0 (0 = full batch), got {self.batch_size}"
+                f"`student.batch_size` must be >= 0 (0 = full batch), got {self.batch_size}"
             )
 
 
@@ -130,11 +130,11 @@ def distill(
     sc = student or StudentConfig()
     sc.validate()
     if temperature <= 0:
-        raise InputError(f"--temperature must be positive, got {temperature}")
+        raise InputError(f"`temperature` must be positive, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"--alpha must lie in [0, 1], got {alpha}")
+        raise InputError(f"`alpha` must lie in [0, 1], got {alpha}")
     if not seeds:
-        raise InputError("--seeds must name at least one seed")
+        raise InputError("`seeds` must name at least one seed")
     keys = _select(
         st,
         checkpoint=checkpoint,
@@ -199,7 +199,7 @@ def _run_all(
             )
         spec = dataset or meta.get("dataset")
         if not spec:
-            raise InputError(f"{st.source}: run {r!r} records no dataset; pass --dataset")
+            raise InputError(f"{st.source}: run {r!r} records no dataset; pass `dataset`")
         if spec not in sources:
             sources[spec] = load_source(spec)
         src = sources[spec]
@@ -346,7 +346,7 @@ def _select(
     elif plain:
         sel = keys[:1]
     else:
-        raise InputError("say which teacher: --checkpoint ID [--run R], or --all-checkpoints")
+        raise InputError("say which teacher: `checkpoint` [and `run`], or `all_checkpoints=True`")
     if plain:
         # The plain students ignore the teacher: train them once, on the first pair's transfer set.
         sel = sel[:1]
@@ -385,7 +385,7 @@ def _check_ids(ids: np.ndarray, n: int, where: str) -> None:
         raise InputError(
             f"{where}: example ids run {int(ids.min())}..{int(ids.max())} but the dataset "
             f"has {n} rows; "
-            "is --dataset the one the teacher was dumped from?"
+            "is `dataset` the one the teacher was dumped from?"
         )
 
 
