@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_startup.py              # 15 runs of each command
     python tests/benchmarks/bench_startup.py --runs 30 --json
+    python tests/benchmarks/bench_startup.py --compare ../main   # and another checkout's --help
 
 Each command runs ``--runs`` times in a fresh interpreter, the commands interleaved
 (round-robin) so that a change in the machine's load hits all of them alike; the figure
@@ -41,21 +42,29 @@ def _commands() -> dict[str, list[str]]:
     return cmds
 
 
-def _time(cmd: list[str], env: dict[str, str]) -> float:
+def _time(cmd: list[str], repo: Path) -> float:
+    # `python -m` puts the working directory first on sys.path: run in the checkout.
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     t = time.perf_counter()
-    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+    )
     return time.perf_counter() - t
 
 
-def measure(runs: int) -> dict[str, dict[str, float]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmds = _commands()
-    for cmd in cmds.values():  # warm the file cache; not counted
-        _time(cmd, env)
+def measure(runs: int, other: Path | None = None) -> dict[str, dict[str, float]]:
+    cmds = {name: (cmd, REPO) for name, cmd in _commands().items()}
+    if other is not None:
+        cmds[f"python -m kdlens --help ({other})"] = (
+            [sys.executable, "-m", "kdlens", "--help"],
+            other,
+        )
+    for cmd, repo in cmds.values():  # warm the file cache; not counted
+        _time(cmd, repo)
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(runs):
-        for name, cmd in cmds.items():
-            times[name].append(_time(cmd, env))
+        for name, (cmd, repo) in cmds.items():
+            times[name].append(_time(cmd, repo))
     base = statistics.median(next(iter(times.values())))
     return {
         name: {
@@ -72,10 +81,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15, help="runs of each command (default 15)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument(
+        "--compare", type=Path, help="another kdlens checkout whose --help to time too (before)"
+    )
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    res = measure(args.runs)
+    res = measure(args.runs, args.compare.resolve() if args.compare else None)
     if args.json:
         print(json.dumps({"runs": args.runs, "python": sys.version.split()[0], "results": res}))
         return
