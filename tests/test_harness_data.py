@@ -172,7 +172,7 @@ def test_label_noise_flips_the_stated_fraction_of_train_only() -> None:
     np.testing.assert_array_equal(noisy["test"].y, clean["test"].y)
     np.testing.assert_array_equal(noisy["val"].y, clean["val"].y)
     assert noisy.info["labels_flipped"] == flipped.sum()
-    with pytest.raises(InputError, match="label-noise"):
+    with pytest.raises(InputError, match="`label_noise`"):
         prepare_data("digits", label_noise=1.5)
 
 

@@ -166,7 +166,7 @@ def test_bad_inputs() -> None:
         build_model("resnet18", num_classes=10, input_shape=(3, 32, 32))
     with pytest.raises(InputError, match="cannot import"):
         build_model("no_such_pkg_xyz.mod:build", num_classes=10, input_shape=(1, 8, 8))
-    with pytest.raises(InputError, match="--lr-scaling"):
+    with pytest.raises(InputError, match="`lr_scaling`"):
         dump("/nonexistent/x", tiny(lr_scaling="cubic"))
 
 

@@ -325,7 +325,7 @@ def test_csv_label_column_is_found_without_flag(tmp_path: Path) -> None:
 def test_probabilities_imported_as_logits_warn(tmp_path: Path) -> None:
     z, _ = _logits()
     np.save(tmp_path / "p.npy", softmax(z.astype(np.float64), axis=1))
-    with pytest.warns(UserWarning, match="look like probabilities; use --kind probs"):
+    with pytest.warns(UserWarning, match="look like probabilities; use `kind=probs`"):
         import_files([tmp_path / "p.npy"], tmp_path / "s", kind="logits")
     res = runner.invoke(
         app, ["import", str(tmp_path / "p.npy"), "-o", str(tmp_path / "t"), "--kind", "logits"]

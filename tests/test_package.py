@@ -21,16 +21,103 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-def test_analysis_api_imports_without_torch() -> None:
+#: Libraries that `import kdlens` and every `--help` must not import: they cost seconds
+#: (pydantic: typer coerces option values through it, 0.2 s; see kdlens/cli/store_cmd.py).
+HEAVY = ("numpy", "polars", "pyarrow", "scipy", "sklearn", "altair", "torch", "pydantic")
+
+
+def _run_python(code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+
+
+def _heavy_after(code: str) -> list[str]:
+    """The heavy top-level packages in sys.modules after ``code`` ran in a fresh python."""
+    probe = (
+        f"{code}\nimport sys, json\nheavy = {HEAVY!r}\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))"
+    )
+    res = _run_python(probe)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return list(json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def test_import_kdlens_imports_neither_altair_nor_torch() -> None:
+    # The promise of issue 9, verbatim.
+    res = _run_python(
+        "import kdlens, sys; assert 'altair' not in sys.modules and 'torch' not in sys.modules"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_import_kdlens_and_the_cli_import_no_heavy_library() -> None:
+    assert _heavy_after("import kdlens, kdlens.cli") == []
+
+
+def test_help_of_every_command_imports_no_heavy_library() -> None:
+    # Not a timed test: what makes --help slow is importing these, so assert that none
+    # was imported, for the top level and for every command's --help.
     code = (
-        "import sys; import kdlens, kdlens.cli; "
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
-        "print(','.join(bad)); sys.exit(1 if bad else 0)"
+        "from typer.main import get_command\n"
+        "from kdlens.cli import app\n"
+        "names = sorted(get_command(app).commands)\n"
+        "assert len(names) > 5, names\n"
+        "for argv in [['--help']] + [[n, '--help'] for n in names]:\n"
+        "    try:\n"
+        "        app(argv, prog_name='kdlens')\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code in (0, None), (argv, exc.code)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert res.returncode == 0, (
-        f"importing kdlens pulled in torch: {res.stdout[:200]}{res.stderr[-500:]}"
+    assert _heavy_after(code) == []
+
+
+def test_module_entry_point_help_imports_no_heavy_library() -> None:
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['kdlens', 'analyze', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('kdlens', run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
     )
+    assert _heavy_after(code) == []
+
+
+def test_the_heavy_check_can_fail() -> None:
+    assert "polars" in _heavy_after("import kdlens\nkdlens.open_store")
+
+
+def test_every_public_name_resolves_and_is_listed() -> None:
+    listed = dir(kdlens)
+    for name in kdlens.__all__:
+        assert name in listed, name
+        assert getattr(kdlens, name) is not None, name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        kdlens.no_such_name  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import kdlens",
+        "import kdlens.recommend",
+        "import kdlens.recommend.rank",
+        "import kdlens.recommend.students",
+        "from kdlens.recommend import rank",
+        "import kdlens.report",
+        "import kdlens.analysis.engine",
+    ],
+)
+def test_kdlens_recommend_is_the_function_whatever_was_imported_first(first: str) -> None:
+    res = _run_python(
+        f"{first}\n"
+        "import importlib, kdlens\n"
+        "from kdlens import recommend\n"
+        "rank = importlib.import_module('kdlens.recommend.rank')\n"
+        "assert kdlens.recommend is rank.recommend, kdlens.recommend\n"
+        "assert recommend is rank.recommend, recommend\n"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_flat_public_api() -> None:

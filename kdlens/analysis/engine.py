@@ -101,7 +101,7 @@ class AnalysisResult:
         """Write ``<table>.parquet`` for each table into ``directory`` (tmp file, then rename)."""
         out = Path(directory)
         if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: exists and is not a directory; choose another --out")
+            raise InputError(f"{out}: exists and is not a directory; choose another directory")
         paths = {}
         for name in self.TABLES:
             df: pl.DataFrame = getattr(self, name)
@@ -441,12 +441,12 @@ def _iter_checked(
     if bad_rows and not drop_nonfinite:
         raise InputError(
             f"{where}: {bad_rows} rows hold NaN/Inf logits (first example_id {first_bad}); "
-            "pass drop_nonfinite=True (--drop-nonfinite) to skip them"
+            "pass `drop_nonfinite=True` to skip them"
         )
     if unlabeled and not use_predicted_labels:
         raise InputError(
             f"{where}: {unlabeled} of {rows} rows have no label; {', '.join(_LABEL_NEEDERS)} "
-            "need labels (pass use_predicted_labels=True / --use-predicted-labels to use the "
+            "need labels (pass `use_predicted_labels=True` to use the "
             "teacher's top-1 prediction instead)"
         )
 

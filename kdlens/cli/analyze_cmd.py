@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich import box
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from kdlens._internal.progress import NullProgress
-from kdlens.analysis.engine import analyze
+from kdlens._internal import defaults
 from kdlens.cli._app import app, console, err_console, handle_errors
-from kdlens.hypotheses.controls import CONTROL_KINDS, make_controls
+
+# Library modules (numpy, polars, scipy, ...) and rich's widgets are imported inside the
+# command bodies: typer needs only the signatures, so `kdlens --help` starts at once.
+
+#: The control kinds, restated here so that --help imports no numerical library;
+#: tests/test_cli_options.py checks it equals kdlens.hypotheses.controls.CONTROL_KINDS.
+CONTROL_KINDS = ("ls", "permuted", "class-mean")
 
 #: Summary columns shown in the terminal table (all of them go to the files / --json).
 _SHOWN = (
@@ -31,6 +33,10 @@ _SHOWN = (
 
 
 def _progress(quiet: bool) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kdlens._internal.progress import NullProgress
+
     if quiet:
         return NullProgress()
     return Progress(
@@ -77,7 +83,7 @@ def analyze_command(
     per_example: bool = typer.Option(
         False, "--per-example", help="Also write examples.parquet (one row per example)."
     ),
-    split: list[str] = typer.Option(
+    splits: list[str] = typer.Option(
         None, "--split", help="Analyse only this split (repeatable). Default: all."
     ),
     hierarchy: Path = typer.Option(
@@ -89,13 +95,17 @@ def analyze_command(
         help="Reference probabilities: .npy (N,K), row = example_id, "
         "or .npz with probs[, example_id].",
     ),
-    permutations: int = typer.Option(
-        1000, "--permutations", help="Permutations of the structure test (0 skips it)."
+    n_permutations: int = typer.Option(
+        defaults.N_PERMUTATIONS,
+        "--permutations",
+        help="Permutations of the structure test (0 skips it).",
     ),
     oemc_delta: float = typer.Option(
-        0.05, "--oemc-delta", help="Dark-mass threshold of the OEMC share."
+        defaults.OEMC_DELTA, "--oemc-delta", help="Dark-mass threshold of the OEMC share."
     ),
-    n_bins: int = typer.Option(15, "--bins", help="Equal-width confidence bins of the ECE."),
+    n_bins: int = typer.Option(
+        defaults.N_BINS, "--bins", help="Equal-width confidence bins of the ECE."
+    ),
     drop_nonfinite: bool = typer.Option(
         False, "--drop-nonfinite", help="Skip rows with NaN/Inf logits instead of refusing them."
     ),
@@ -105,18 +115,24 @@ def analyze_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table."),
 ) -> None:
     """Measure soft-label quality of every checkpoint: entropy, dark mass, SI/II, OEMC, ECE."""
+    from rich import box
+    from rich.table import Table
+
+    from kdlens._internal.progress import NullProgress
+    from kdlens.analysis.engine import analyze
+
     progress = _progress(quiet or as_json)
-    with progress if isinstance(progress, Progress) else _Nothing():
+    with _Nothing() if isinstance(progress, NullProgress) else progress:
         result = analyze(
             store,
             temperature=temperature,
-            splits=split or None,
+            splits=splits or None,
             oemc_delta=oemc_delta,
             n_bins=n_bins,
             hierarchy=hierarchy,
             reference_probs=reference_probs,
             per_example_path=(output / "examples.parquet") if per_example else None,
-            n_permutations=permutations,
+            n_permutations=n_permutations,
             drop_nonfinite=drop_nonfinite,
             use_predicted_labels=use_predicted_labels,
             progress=progress,
@@ -177,6 +193,8 @@ def controls_command(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
 ) -> None:
     """Write control teachers (LS-equivalent, permuted, class-mean) as an ordinary logits store."""
+    from kdlens.hypotheses.controls import make_controls
+
     paths = make_controls(
         store, output, kind=kind, temperature=temperature, seed=seed, overwrite=overwrite
     )

@@ -6,17 +6,30 @@ other command work without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from kdlens.cli._app import app, console, handle_errors
+from kdlens.cli._app import app, cli_flags, console, handle_errors
+from kdlens.cli._reporters import LineReporter, RichReporter
 from kdlens.errors import InputError
 
-if TYPE_CHECKING:
-    from kdlens.harness.train import RunResult
+# The option defaults below restate DumpConfig's and StudentConfig's (importing them needs
+# torch, which --help must not load); tests/test_cli_options.py holds the two sides equal.
+
+#: DumpConfig fields with no `kdlens dump` option (set them through the Python API).
+DUMPCONFIG_NOT_ON_CLI = frozenset({"dump_batch_size", "num_threads"})
+#: `kdlens dump` options that are not DumpConfig fields: the output, the
+#: --from-checkpoints mode and its run name, and how to treat existing output.
+DUMP_NOT_IN_CONFIG = frozenset({"out", "from_checkpoints", "run", "overwrite", "quiet"})
+#: `kdlens distill` option -> the StudentConfig field it sets.
+STUDENT_OPTIONS = {
+    "student": "model",
+    "student_hidden": "hidden",
+    "student_epochs": "epochs",
+    "student_lr": "lr",
+    "student_batch_size": "batch_size",
+}
+#: StudentConfig fields with no `kdlens distill` option.
+STUDENTCONFIG_NOT_ON_CLI = frozenset({"weight_decay"})
 
 
 def _ints(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -43,59 +56,6 @@ def _need_torch() -> None:
         import torch  # noqa: F401
     except ImportError:
         raise InputError("this command needs torch: pip install 'kdlens[torch]'") from None
-
-
-class _RichReporter:
-    """Progress bars for runs and epochs, and one line per epoch."""
-
-    def __init__(self, total_runs: int, quiet: bool) -> None:
-        self.quiet = quiet
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=quiet,
-        )
-        self.runs_task = self.progress.add_task("runs", total=total_runs)
-        self.epoch_task: Any = None
-
-    def __enter__(self) -> _RichReporter:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-    def message(self, text: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(text, highlight=False)
-
-    def run_started(self, run: str, *, epochs: int, start_epoch: int) -> None:
-        if self.epoch_task is not None:
-            self.progress.remove_task(self.epoch_task)
-        self.epoch_task = self.progress.add_task(
-            f"{run} epochs", total=epochs, completed=start_epoch
-        )
-        if start_epoch and not self.quiet:
-            self.message(
-                f"{run}: resuming after epoch {start_epoch}"
-                if start_epoch < epochs
-                else f"{run}: finished, skipped"
-            )
-
-    def epoch_done(self, run: str, epoch: int, metrics: dict[str, float]) -> None:
-        self.progress.update(self.epoch_task, completed=epoch)
-        self.message(
-            f"{run} epoch {epoch:>4}  loss {metrics['loss']:.4f}  "
-            f"train acc {metrics['train_acc']:.4f}"
-            f"  val acc {metrics['val_acc']:.4f}"
-        )
-
-    def run_done(self, run: str, result: RunResult) -> None:
-        self.progress.advance(self.runs_task)
 
 
 @app.command("dump")
@@ -187,6 +147,8 @@ def dump_cmd(
     Re-running the same command skips finished checkpoints and resumes interrupted runs.
     """
     _need_torch()
+    from rich.table import Table
+
     from kdlens.harness.dump import dump, dump_checkpoints, summarize_runs
     from kdlens.harness.train import DumpConfig
 
@@ -197,7 +159,7 @@ def dump_cmd(
     }
     hid = _ints(hidden, "hidden") or ()
     if from_checkpoints:
-        with _RichReporter(0, quiet) as rep:
+        with RichReporter(0, quiet, cli_flags(dump_cmd)) as rep:
             files = dump_checkpoints(
                 from_checkpoints,
                 out,
@@ -237,7 +199,7 @@ def dump_cmd(
         **sizes,  # type: ignore[arg-type]
     )
     cfg.validate()
-    with _RichReporter(len(cfg.batch_sizes) * len(cfg.seeds), quiet) as rep:
+    with RichReporter(len(cfg.batch_sizes) * len(cfg.seeds), quiet, cli_flags(dump_cmd)) as rep:
         results = dump(out, cfg, overwrite=overwrite, reporter=rep)
     df = summarize_runs(results)
     t = Table(title=f"kdlens dump -> {out}")
@@ -266,7 +228,15 @@ def dump_cmd(
 
 
 @app.command("distill")
-@handle_errors
+@handle_errors(
+    flags={
+        "model": "--student",  # the only model distill builds
+        **{
+            f"student.{field}": "--" + opt.replace("_", "-")
+            for opt, field in STUDENT_OPTIONS.items()
+        },
+    }
+)
 def distill_cmd(
     store: str = typer.Argument(..., help="The teacher logits store (file, directory or glob)."),
     checkpoint: str = typer.Option(None, "--checkpoint", help="Teacher checkpoint id, e.g. ep008."),
@@ -306,6 +276,8 @@ def distill_cmd(
 ) -> None:
     """Train small students offline from STORED teacher logits and report their test accuracy."""
     _need_torch()
+    from rich.table import Table
+
     from kdlens.harness.distill import StudentConfig, distill
     from kdlens.harness.train import QuietReporter
 
@@ -316,7 +288,7 @@ def distill_cmd(
         lr=student_lr,
         batch_size=student_batch_size,
     )
-    rep = QuietReporter() if quiet else _LineReporter()
+    rep = QuietReporter() if quiet else LineReporter()
     df = distill(
         store,
         out,
@@ -358,12 +330,3 @@ def distill_cmd(
 
 def _s(v: object) -> str:
     return "-" if v is None else str(v)
-
-
-class _LineReporter:
-    def message(self, text: str) -> None:
-        console.print(text, highlight=False)
-
-    def run_started(self, run: str, *, epochs: int, start_epoch: int) -> None: ...
-    def epoch_done(self, run: str, epoch: int, metrics: dict[str, float]) -> None: ...
-    def run_done(self, run: str, result: Any) -> None: ...

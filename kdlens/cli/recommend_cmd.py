@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import typer
-from rich.table import Table
 
+from kdlens._internal import defaults
 from kdlens.cli._app import app, console, handle_errors
-from kdlens.recommend.rank import DEFAULT_TEMPERATURE, Recommendation, recommend
+
+if TYPE_CHECKING:  # imported in the bodies, so that --help starts at once
+    import polars as pl
+
+    from kdlens.recommend.rank import Recommendation
 
 
 @app.command("recommend")
@@ -27,23 +30,25 @@ def recommend_cmd(
     ),
     top: int | None = typer.Option(None, "--top", min=1, help="Show only the best N checkpoints."),
     temperature: float = typer.Option(
-        DEFAULT_TEMPERATURE,
+        defaults.RECOMMEND_TEMPERATURE,
         "--temperature",
         "-T",
         help="Temperature of the soft-label signals (dark mass, OEMC, similarity): "
         "your distillation T.",
     ),
-    bootstrap: int = typer.Option(
-        200,
+    n_bootstrap: int = typer.Option(
+        defaults.N_BOOTSTRAP,
         "--bootstrap",
         "-B",
         min=0,
         help="Bootstrap replicates over examples (0 = no uncertainty).",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    seed: int = typer.Option(defaults.BOOTSTRAP_SEED, "--seed", help="Seed of the bootstrap."),
 ) -> None:
     """Rank every checkpoint for distillation; exit 1 when there is nothing to rank."""
-    rec = recommend(source, temperature=temperature, n_bootstrap=bootstrap, seed=seed, top=top)
+    from kdlens.recommend.rank import recommend
+
+    rec = recommend(source, temperature=temperature, n_bootstrap=n_bootstrap, seed=seed, top=top)
     if as_json:
         typer.echo(json.dumps(rec.to_dict(), indent=2, default=str))
     else:
@@ -61,6 +66,8 @@ def _f(v: Any, fmt: str = "{:.4f}") -> str:
 
 
 def _render(rec: Recommendation) -> None:
+    from rich.table import Table
+
     console.print(
         f"[bold]kdlens recommend[/] {rec.source}  (T = {rec.temperature:g}, "
         f"bootstrap = {rec.n_bootstrap}, basis: {rec.basis})",
@@ -139,6 +146,8 @@ def _render(rec: Recommendation) -> None:
 
 
 def _render_map(sweet: pl.DataFrame) -> None:
+    from rich.table import Table
+
     if not sweet.height:
         return
     row_axis, col_axis = sweet["row_axis"][0], sweet["column_axis"][0]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from kdlens._internal import defaults
 from kdlens.cli._app import app, console, err_console, handle_errors
 
 
@@ -38,11 +39,11 @@ def report_cmd(
         "to show on the map.",
     ),
     n_bootstrap: int = typer.Option(
-        100,
+        defaults.N_BOOTSTRAP,
         "--bootstrap",
         help="Bootstrap replicates of the ranking when a store is given (0 = none).",
     ),
-    png: Path | None = typer.Option(
+    png_dir: Path | None = typer.Option(
         None, "--png", help="Also write every chart as PNG and SVG into this directory."
     ),
     title: str | None = typer.Option(None, "--title", help="Title of the page."),
@@ -64,12 +65,12 @@ def report_cmd(
         checkpoint=checkpoint,
         students=students,
         n_bootstrap=n_bootstrap,
-        png_dir=png,
+        png_dir=png_dir,
         title=title,
         progress=progress,
     )
-    if png is not None and not quiet:
-        err_console.print(f"charts written to {png}/ (PNG and SVG)", highlight=False)
+    if png_dir is not None and not quiet:
+        err_console.print(f"charts written to {png_dir}/ (PNG and SVG)", highlight=False)
     console.print(str(path), highlight=False, soft_wrap=True)
 
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich import box
-from rich.table import Table
 
+from kdlens._internal import defaults
 from kdlens.cli._app import app, console, handle_errors
 from kdlens.errors import InputError
-from kdlens.hypotheses.compare import KNOWLEDGE_DISTILLATION, compare_stores
-from kdlens.measures.similarity import read_hierarchy, store_class_graph, write_graph
+
+# Library modules and rich's widgets are imported inside the command bodies, so that
+# `kdlens --help` imports no numerical library.
 
 
 @app.command("compare")
@@ -30,13 +30,20 @@ def compare_command(
     ),
     split: str = typer.Option("test", "--split", help="Split the students are evaluated on."),
     n_bootstrap: int = typer.Option(
-        10_000, "--n-bootstrap", help="Bootstrap resamples for the CI."
+        defaults.COMPARE_N_BOOTSTRAP, "--n-bootstrap", help="Bootstrap resamples for the CI."
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the verdict."),
+    alpha: float = typer.Option(
+        defaults.ALPHA, "--alpha", help="Significance level of the verdict."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Knowledge distillation or regularization? Compare two sets of students."""
+    from rich import box
+    from rich.table import Table
+
+    from kdlens.hypotheses.compare import KNOWLEDGE_DISTILLATION, compare_stores
+
     frame, result = compare_stores(
         real_students,
         control_students,
@@ -94,7 +101,9 @@ def graph_command(
     ),
     split: str = typer.Option("test", "--split", help="Split to compute class similarity on."),
     temperature: float = typer.Option(1.0, "--temperature", "-T", help="Temperature T of q."),
-    top_k: int = typer.Option(5, "--top-k", help="Keep each class's k strongest neighbours."),
+    top_k: int = typer.Option(
+        defaults.TOP_K, "--top-k", help="Keep each class's k strongest neighbours."
+    ),
     threshold: float = typer.Option(
         None, "--threshold", help="Keep only edges at least this strong (optional)."
     ),
@@ -108,6 +117,8 @@ def graph_command(
     ),
 ) -> None:
     """Write the class similarity graph of one checkpoint (nodes = classes)."""
+    from kdlens.measures.similarity import read_hierarchy, store_class_graph, write_graph
+
     if output.suffix.lower() not in (".graphml", ".json", ".parquet"):
         raise InputError(f"{output}: graph output must end in .graphml, .json or .parquet")
     sup = None

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from kdlens._version import __version__
 from kdlens.cli._app import app, console, handle_errors
-from kdlens.store.importing import KINDS, import_files
-from kdlens.store.validate import ValidationReport, validate
+
+if TYPE_CHECKING:  # imported in the bodies, so that --help imports no numerical library
+    from kdlens.store.validate import ValidationReport
+
+#: What imported numbers can be, restated so that --help stays light;
+#: tests/test_cli_options.py checks it equals kdlens.store.importing.KINDS.
+KINDS = ("logits", "probs", "log-probs")
 
 
 def _version(value: bool) -> None:
@@ -20,10 +25,21 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+def _help(ctx: typer.Context, value: bool) -> None:
+    if value:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+# The root's --help is an ordinary bool option: typer coerces the built-in one, absent
+# from `kdlens CMD --help`, through pydantic, which costs that help 0.2 s to import.
+@app.callback(add_help_option=False)
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    show_help: bool = typer.Option(
+        False, "--help", callback=_help, is_eager=True, help="Show this message and exit."
     ),
 ) -> None:
     """Which teacher checkpoint should you distill from? Analyses over dumped logits."""
@@ -36,6 +52,8 @@ def validate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check a logits store: exit 0 when valid, 1 when problems are found, 2 when unreadable."""
+    from kdlens.store.validate import validate
+
     report = validate(store)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
@@ -45,6 +63,8 @@ def validate_cmd(
 
 
 def _render(r: ValidationReport) -> None:
+    from rich.table import Table
+
     if r.files == 0:  # nothing readable: the reasons are all there is to say
         for u in r.unreadable:
             console.print(f"[bold red]unreadable:[/] {u}", highlight=False, soft_wrap=True)
@@ -107,7 +127,7 @@ def import_cmd(
     ),
     split: str = typer.Option("test", "--split", help="Split name of the imported rows."),
     run: str = typer.Option("imported", "--run", help="Run name shared by all inputs."),
-    checkpoint: list[str] | None = typer.Option(
+    checkpoints: list[str] | None = typer.Option(
         None, "--checkpoint", help="Checkpoint name per input (repeat); default: the file stem."
     ),
     classes: Path | None = typer.Option(
@@ -127,6 +147,8 @@ def import_cmd(
     ),
 ) -> None:
     """Import logits, probabilities or log-probabilities as checkpoints of one store."""
+    from kdlens.store.importing import import_files
+
     done = import_files(
         files,
         out,
@@ -134,7 +156,7 @@ def import_cmd(
         labels=labels,
         split=split,
         run=run,
-        checkpoints=checkpoint or None,
+        checkpoints=checkpoints or None,
         classes=classes,
         key=key,
         prob_floor=prob_floor,

@@ -68,33 +68,33 @@ class DumpConfig:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise InputError(f"--epochs must be at least 1, got {self.epochs}")
+            raise InputError(f"`epochs` must be at least 1, got {self.epochs}")
         assert self.checkpoints is not None
         bad = [c for c in self.checkpoints if c < 1 or c > self.epochs]
         if bad:
             raise InputError(
-                f"--checkpoints {','.join(map(str, bad))}: outside epochs 1..{self.epochs} "
-                "(--epochs)"
+                f"`checkpoints` {','.join(map(str, bad))}: outside epochs 1..{self.epochs} "
+                "(`epochs`)"
             )
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise InputError(
-                "--batch-sizes must be positive integers, got "
+                "`batch_sizes` must be positive integers, got "
                 + ",".join(map(str, self.batch_sizes))
             )
         if not self.seeds:
-            raise InputError("--seeds must name at least one seed")
+            raise InputError("`seeds` must name at least one seed")
         for name, value, allowed in (
             ("optimizer", self.optimizer, ("sgd", "adamw")),
-            ("lr-scaling", self.lr_scaling, ("linear", "sqrt", "none")),
+            ("lr_scaling", self.lr_scaling, ("linear", "sqrt", "none")),
             ("schedule", self.schedule, ("cosine", "step", "constant")),
             ("shortcut", self.shortcut, ("A", "B")),
         ):
             if value not in allowed:
-                raise InputError(f"--{name} must be one of {', '.join(allowed)}, got {value!r}")
+                raise InputError(f"`{name}` must be one of {', '.join(allowed)}, got {value!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise InputError(f"--label-smoothing must lie in [0, 1), got {self.label_smoothing}")
+            raise InputError(f"`label_smoothing` must lie in [0, 1), got {self.label_smoothing}")
         if self.lr is not None and self.lr <= 0:
-            raise InputError(f"--lr must be positive, got {self.lr}")
+            raise InputError(f"`lr` must be positive, got {self.lr}")
 
     @property
     def base_lr(self) -> float:

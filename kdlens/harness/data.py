@@ -54,11 +54,11 @@ def _size(value: float | int | None, n: int, name: str) -> int | None:
     if value is None:
         return None
     if value < 0:
-        raise InputError(f"--{name}-size must be positive, got {value}")
+        raise InputError(f"`{name}_size` must be positive, got {value}")
     if isinstance(value, float) and value < 1.0:
         return int(round(value * n))
     if float(value) != int(value):
-        raise InputError(f"--{name}-size must be a fraction below 1 or a count, got {value}")
+        raise InputError(f"`{name}_size` must be a fraction below 1 or a count, got {value}")
     return int(value)
 
 
@@ -99,7 +99,7 @@ def split_dataset(
     the flipped labels are the ones stored (the teacher trained on them).
     """
     if not 0.0 <= label_noise < 1.0:
-        raise InputError(f"--label-noise must lie in [0, 1), got {label_noise}")
+        raise InputError(f"`label_noise` must lie in [0, 1), got {label_noise}")
     y = src.y
     n = len(y)
     # Fractions are of the rows available for training (the whole dataset when it
@@ -124,7 +124,7 @@ def split_dataset(
     else:
         train_idx = pool
     if len(train_idx) == 0:
-        raise InputError("the train split is empty: lower --val-size / --test-size")
+        raise InputError("the train split is empty: lower `val_size` / `test_size`")
 
     x = src.x.astype(np.float32)
     # Normalise with the transfer set's statistics: per channel for images.

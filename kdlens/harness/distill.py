@@ -113,11 +113,11 @@ def distill(
     sc = student or StudentConfig()
     sc.validate()
     if temperature <= 0:
-        raise InputError(f"--temperature must be positive, got {temperature}")
+        raise InputError(f"`temperature` must be positive, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"--alpha must lie in [0, 1], got {alpha}")
+        raise InputError(f"`alpha` must lie in [0, 1], got {alpha}")
     if not seeds:
-        raise InputError("--seeds must name at least one seed")
+        raise InputError("`seeds` must name at least one seed")
     keys = _select(
         st,
         checkpoint=checkpoint,
@@ -173,7 +173,7 @@ def _run_all(
             _warn_control_temperature(meta, r, temperature)
         spec = dataset or meta.get("dataset")
         if not spec:
-            raise InputError(f"{st.source}: run {r!r} records no dataset; pass --dataset")
+            raise InputError(f"{st.source}: run {r!r} records no dataset; pass `dataset`")
         if spec not in sources:
             sources[spec] = load_source(spec)
         t = teacher_data(st, r, ck, meta, spec, sources[spec], plain=plain)
@@ -331,7 +331,7 @@ def _select(
     elif plain:
         sel = keys[:1]
     else:
-        raise InputError("say which teacher: --checkpoint ID [--run R], or --all-checkpoints")
+        raise InputError("say which teacher: `checkpoint` [and `run`], or `all_checkpoints=True`")
     if plain:
         # The plain students ignore the teacher: train them once, on the first pair's transfer set.
         sel = sel[:1]

@@ -145,7 +145,7 @@ def _check_existing(rdir: Path, rc: dict[str, Any]) -> None:
         keys = changed_keys(rc, old)
         why = f"differs in: {', '.join(keys[:6])}" if keys else "no readable manifest"
         raise InputError(
-            f"{rdir}: already holds a different run ({why}); pass --overwrite to replace it"
+            f"{rdir}: already holds a different run ({why}); pass `overwrite=True` to replace it"
         )
 
 
@@ -212,7 +212,7 @@ def dump_checkpoints(
         files = [Path(f) for f in checkpoints]
     files = [f for f in files if f.is_file()]
     if not files:
-        raise InputError(f"--from-checkpoints {checkpoints!s}: matches no files")
+        raise InputError(f"{checkpoints!s}: matches no files")
     rep = reporter or QuietReporter()
     dev = resolve_device(device)
     data = prepare_data(
@@ -249,7 +249,7 @@ def dump_checkpoints(
         epoch = int(m.group(1)) if m else None
         path = Path(out) / run / f"{ck}.parquet"
         if path.exists() and not overwrite:  # re-running skips what is done
-            rep.message(f"{f}: {path} exists, skipped (--overwrite redoes it)")
+            rep.message(f"{f}: {path} exists, skipped (`overwrite=True` redoes it)")
             written.append(path)
             continue
         with CheckpointWriter(

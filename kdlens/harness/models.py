@@ -208,7 +208,7 @@ def build_model(
         in_features *= s
     in_ch = shape[0] if len(shape) == 3 else 1
     if shortcut not in ("A", "B"):
-        raise InputError(f"--shortcut must be A or B, got {shortcut!r}")
+        raise InputError(f"`shortcut` must be A or B, got {shortcut!r}")
     if name == "mlp":
         return MLP(in_features, num_classes, hidden)
     if (
@@ -232,15 +232,15 @@ def build_model(
 def _import_factory(spec: str) -> Any:
     mod_name, _, fn_name = spec.rpartition(":")
     if not mod_name or not fn_name:
-        raise InputError(f"--model {spec!r}: expected module:function")
+        raise InputError(f"`model` {spec!r}: expected module:function")
     try:
         if mod_name.endswith(".py"):
             path = Path(mod_name)
             if not path.is_file():
-                raise InputError(f"--model {spec!r}: no such file {path}")
+                raise InputError(f"`model` {spec!r}: no such file {path}")
             mspec = importlib.util.spec_from_file_location(path.stem, path)
             if mspec is None or mspec.loader is None:
-                raise InputError(f"--model {spec!r}: cannot load {path}")
+                raise InputError(f"`model` {spec!r}: cannot load {path}")
             module = importlib.util.module_from_spec(mspec)
             mspec.loader.exec_module(module)
         else:
@@ -254,11 +254,11 @@ def _import_factory(spec: str) -> Any:
         raise
     except Exception as exc:
         raise InputError(
-            f"--model {spec!r}: cannot import {mod_name} ({type(exc).__name__}: {exc})"
+            f"`model` {spec!r}: cannot import {mod_name} ({type(exc).__name__}: {exc})"
         ) from None
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
-        raise InputError(f"--model {spec!r}: {mod_name} has no callable {fn_name!r}")
+        raise InputError(f"`model` {spec!r}: {mod_name} has no callable {fn_name!r}")
     return fn
 
 
@@ -275,11 +275,11 @@ def _from_factory(spec: str, num_classes: int, shape: tuple[int, ...]) -> nn.Mod
         model = fn(**kwargs)
     except Exception as exc:
         raise InputError(
-            f"--model {spec!r}: the factory raised {type(exc).__name__}: {exc}"
+            f"`model` {spec!r}: the factory raised {type(exc).__name__}: {exc}"
         ) from None
     if not isinstance(model, nn.Module):
         raise InputError(
-            f"--model {spec!r}: the factory must return a torch.nn.Module, "
+            f"`model` {spec!r}: the factory must return a torch.nn.Module, "
             f"got {type(model).__name__}"
         )
     return model
@@ -297,13 +297,13 @@ def probe_model(model: nn.Module, name: str, input_shape: Sequence[int], num_cla
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"--model {name!r}: a forward pass on inputs of shape {tuple(x.shape)} failed ({msg})"
+            f"`model` {name!r}: a forward pass on inputs of shape {tuple(x.shape)} failed ({msg})"
         ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(
-            f"--model {name!r}: expected outputs of shape (batch, {num_classes}) for "
+            f"`model` {name!r}: expected outputs of shape (batch, {num_classes}) for "
             f"{num_classes} classes, got {got}"
         )

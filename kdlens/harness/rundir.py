@@ -57,7 +57,7 @@ def check_run_dir(rdir: Path, rc: dict[str, Any], *, overwrite: bool) -> None:
         diff = ""
         if old and isinstance(old.get("config"), dict):
             diff = " (differs in: " + ", ".join(changed_keys(rc, old)[:6]) + ")"
-        raise InputError(f"{rdir}: {why}{diff}; pass --overwrite to replace it")
+        raise InputError(f"{rdir}: {why}{diff}; pass `overwrite=True` to replace it")
     shutil.rmtree(rdir)
 
 

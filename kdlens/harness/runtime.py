@@ -31,9 +31,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")
+        raise InputError(f"`device` must be auto, cpu or cuda, got {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for but torch sees no CUDA device")
+        raise InputError("`device=cuda` asked for but torch sees no CUDA device")
     return torch.device(device)
 
 

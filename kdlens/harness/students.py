@@ -37,12 +37,12 @@ class StudentConfig:
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise InputError(f"--student-epochs must be at least 1, got {self.epochs}")
+            raise InputError(f"`student.epochs` must be at least 1, got {self.epochs}")
         if self.lr <= 0:
-            raise InputError(f"--student-lr must be positive, got {self.lr}")
+            raise InputError(f"`student.lr` must be positive, got {self.lr}")
         if self.batch_size < 0:
             raise InputError(
-                f"--student-batch-size must be >= 0 (0 = full batch), got {self.batch_size}"
+                f"`student.batch_size` must be >= 0 (0 = full batch), got {self.batch_size}"
             )
 
 

@@ -117,7 +117,7 @@ def _check_ids(ids: np.ndarray, n: int, where: str) -> None:
         raise InputError(
             f"{where}: example ids run {int(ids.min())}..{int(ids.max())} but the dataset "
             f"has {n} rows; "
-            "is --dataset the one the teacher was dumped from?"
+            "is `dataset` the one the teacher was dumped from?"
         )
 
 

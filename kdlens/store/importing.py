@@ -99,7 +99,7 @@ def import_files(
         raise InputError(f"checkpoint names must be unique, got {names}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: already exists and is not empty (pass --overwrite)")
+        raise InputError(f"{out}: already exists and is not empty (pass `overwrite=True`)")
     class_names = _read_classes(classes)
     shared_labels = _read_label_file(Path(labels)) if labels and Path(labels).is_file() else None
     label_key = None if shared_labels is not None else labels
@@ -155,7 +155,7 @@ def read_array_file(
         except ValueError as exc:
             raise InputError(f"{path}: not a plain numeric .npy array ({exc})") from None
         if label_key:
-            raise InputError(f"{path}: a .npy holds one array; give --labels as a file instead")
+            raise InputError(f"{path}: a .npy holds one array; give `labels` as a file instead")
         return _check_2d(arr, path), None
     if suffix == ".npz":
         try:
@@ -206,7 +206,7 @@ def _pick(
             if len(two_d) != 1:
                 raise InputError(
                     f"{path}: cannot tell which array holds the outputs "
-                    f"(keys: {', '.join(keys)}); pass --key"
+                    f"(keys: {', '.join(keys)}); pass `key`"
                 )
             found = two_d
         arr = data[found[0]]
@@ -291,7 +291,7 @@ def _to_logits(
         if finite and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=prob_tol):
             warnings.warn(
                 f"{path}: every row lies in [0, 1] and sums to 1: these look like "
-                "probabilities; use --kind probs unless they really are logits",
+                "probabilities; use `kind=probs` unless they really are logits",
                 stacklevel=3,
             )
         return x.astype(np.float32)
@@ -317,7 +317,7 @@ def _to_logits(
         i = int(np.flatnonzero(off)[0])
         raise InputError(
             f"{path}: {int(off.sum())} rows are not normalised log-probabilities "
-            f"(row {i}: logsumexp = {lse[i]:.6g}); use --kind logits?"
+            f"(row {i}: logsumexp = {lse[i]:.6g}); use `kind=logits`?"
         )
     return x.astype(np.float32)
 

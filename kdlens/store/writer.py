@@ -58,7 +58,7 @@ class CheckpointWriter:
             )
         self.path = Path(path)
         if self.path.exists() and not overwrite:
-            raise InputError(f"{self.path}: already exists (pass overwrite=True / --overwrite)")
+            raise InputError(f"{self.path}: already exists (pass `overwrite=True`)")
         self.num_classes = int(num_classes)
         self.run, self.checkpoint = str(run), str(checkpoint)
         self.epoch, self.step, self.batch_size = epoch, step, batch_size
