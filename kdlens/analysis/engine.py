@@ -28,7 +28,7 @@ of at most ``max(2000, 2e6 / K)`` examples, the whole split when smaller).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from kdlens._internal.atomic import atomic_path
 from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
 from kdlens.analysis.examples_file import ExamplesWriter
 from kdlens.analysis.parts import fitted_temperatures, select_parts
-from kdlens.analysis.passes import CheckOptions, PartPlan, PartResult, run_pass
+from kdlens.analysis.passes import CheckOptions, Extra, PartPlan, PartResult, run_pass
 from kdlens.analysis.reference import ReferenceExtra, _Reference, read_reference_probs
 from kdlens.analysis.tables import PartTables, concat, part_tables
 from kdlens.errors import InputError
@@ -117,7 +117,7 @@ class AnalysisRequest:
 
     def plans(self) -> list[PartPlan]:
         k, t, ref = self.st.num_classes, self.temperature, self.ref
-        extras = {}
+        extras: dict[str, Callable[[], Extra]] = {}
         if ref is not None:
             extras["reference"] = lambda: ReferenceExtra(ref, k, t)
         return [PartPlan(p, {t: True}, True, dict(extras)) for p in self.parts]

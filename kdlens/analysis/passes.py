@@ -50,7 +50,8 @@ class Extra(Protocol):
     given the columns of the first temperature of the part, and uses the batch only).
     """
 
-    temperature: float | None
+    @property
+    def temperature(self) -> float | None: ...
 
     def update(self, batch: Batch, cols: dict[str, np.ndarray]) -> None: ...
 
