@@ -273,7 +273,7 @@ def test_labels_smoothing_teacher_has_zero_si_and_ii(tmp_path):
 @pytest.mark.parametrize("name", list(inputs.NAMED_TEACHERS))
 @pytest.mark.parametrize("t", [1.0, 2.0])
 def test_fast_similarity_sums_equal_the_accumulators_own_update(name, t):
-    from kdlens.analysis.engine import _add_similarity
+    from kdlens.analysis.passes import _add_similarity
     from kdlens.measures.similarity import SimilarityAccumulator
     from kdlens.measures.softlabels import _per_example_core
 
@@ -318,7 +318,9 @@ def test_two_workers_match_one_and_are_deterministic(tmp_path, monkeypatch):
     two_a = an.analyze(tmp_path / "w.parquet", **kw).summary
     two_b = an.analyze(tmp_path / "w.parquet", **kw).summary
     assert two_a.equals(two_b)  # batch i always goes to worker i mod 2: no timing effects
-    monkeypatch.setattr(an, "_WORKERS", 1)
+    import kdlens.analysis.passes as passes
+
+    monkeypatch.setattr(passes, "_WORKERS", 1)
     one = an.analyze(tmp_path / "w.parquet", **kw).summary
     for col in ("accuracy", "entropy", "dark_mass", "similarity_information", "ece", "nll"):
         assert two_a[col][0] == pytest.approx(one[col][0], rel=1e-12), col

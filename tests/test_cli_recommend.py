@@ -46,7 +46,8 @@ def test_json_shape(tmp_path):
     )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert set(out) == {"recommended", "ranking", "probability_best"}
+    assert set(out) == {"recommended", "ranking", "probability_best", "bootstrap"}
+    assert out["bootstrap"] == {"replicates": 20, "buckets": 1024, "seed": 0}
     assert set(out["recommended"]) == {"run", "checkpoint", "batch_size", "epoch", "score"}
     assert len(out["ranking"]) == 4 and out["ranking"][0]["rank"] == 1
     assert out["ranking"][0]["run"] == out["recommended"]["run"]

@@ -7,21 +7,25 @@ import math
 import numpy as np
 import polars as pl
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from inputs import balanced_labels, one_hot_teacher
 from scipy import stats
 from scipy.special import log_softmax, logsumexp
 
 from kdlens._internal.hashing import poisson_weights
 from kdlens.errors import InputError, StoreError
-from kdlens.recommend.rank import (
-    _collapse,
-    _SplitAccumulator,
-    recommend,
-    score_checkpoints,
+from kdlens.measures.calibration import TemperatureFitAccumulator
+from kdlens.measures.softlabels import _compute_per_example
+from kdlens.recommend.bootstrap import (
+    N_BUCKETS,
+    BootstrapExtra,
+    bucket_of,
+    refit_replicates,
+    replicate_weights,
 )
+from kdlens.recommend.rank import checkpoint_signals, recommend, score_checkpoints
+from kdlens.recommend.score import _collapse
 from kdlens.recommend.students import evaluate_scores, kendall, regret, spearman, student_table
+from kdlens.store.format import Batch
 from kdlens.store.writer import CheckpointWriter, write_logits
 
 K = 10
@@ -256,52 +260,111 @@ def test_poisson_weights_deterministic_by_id():
     assert not np.array_equal(poisson_weights(ids, 20, seed=2), w)
 
 
-def test_accumulator_merge_equals_one_pass():
-    z, y = (
-        _teacher(300, balanced_labels(300, K, 0), gap=3.0, acc=0.7, seed=1),
-        balanced_labels(300, K, 0),
-    )
+def _bootstrap_of(z, y, ids, splits):
+    """A BootstrapExtra fed ``z`` in the given row chunks."""
+    acc = BootstrapExtra(2.0)
+    for part in np.array_split(np.arange(len(y)), splits):
+        sub = BootstrapExtra(2.0)
+        cols = _compute_per_example(z[part], y[part], 2.0, 0.05)
+        sub.update(Batch(z[part], y[part].astype(np.int32), ids[part]), cols)
+        acc.merge(sub)
+    return acc
+
+
+def test_bootstrap_merge_equals_one_pass_and_ignores_order():
+    y = balanced_labels(300, K, 0)
+    z = _teacher(300, y, gap=3.0, acc=0.7, seed=1)
     ids = np.arange(300)
-    kw = dict(temperature=2.0, n_bootstrap=8, seed=0, similarity=True)
-    one = _SplitAccumulator(K, **kw)
-    one.update(z, y.astype(np.int32), ids)
-    a, b = _SplitAccumulator(K, **kw), _SplitAccumulator(K, **kw)
-    a.update(z[:120], y[:120].astype(np.int32), ids[:120])
-    b.update(z[120:], y[120:].astype(np.int32), ids[120:])
-    p1, r1 = one.finalize()
-    p2, r2 = a.merge(b).finalize()
-    for k in p1:
-        assert p1[k] == pytest.approx(p2[k], rel=1e-10)
-    for k in r1:
-        np.testing.assert_allclose(r1[k], r2[k], rtol=1e-10)
+    w = replicate_weights(8, seed=0)
+    one = _bootstrap_of(z, y, ids, 1).replicates(w)
+    merged = _bootstrap_of(z, y, ids, 3).replicates(w)
+    perm = np.random.default_rng(0).permutation(300)
+    shuffled = _bootstrap_of(z[perm], y[perm], ids[perm], 2).replicates(w)
+    assert set(one) == {"accuracy", "nll", "entropy", "dark_mass", "oemc_share"}
+    for k in one:
+        np.testing.assert_allclose(merged[k], one[k], rtol=1e-12)
+        np.testing.assert_allclose(shuffled[k], one[k], rtol=1e-12)
+    # All-ones weights give back the plain means.
+    ones = _bootstrap_of(z, y, ids, 1).replicates(np.ones((1, N_BUCKETS)))
+    cols = _compute_per_example(z, y, 2.0, 0.05)
+    assert ones["dark_mass"][0] == pytest.approx(cols["dark_mass"].mean(), rel=1e-12)
+    assert ones["accuracy"][0] == pytest.approx(cols["correct"].mean(), rel=1e-12)
 
 
-@settings(max_examples=15, deadline=None)
-@given(shift=st.floats(-50, 50), seed=st.integers(0, 1000))
-def test_signals_invariant_to_logit_shift_and_order(shift, seed):
-    z, y = (
-        _teacher(60, balanced_labels(60, K, seed), gap=3.0, acc=0.7, seed=seed),
-        balanced_labels(60, K, seed),
-    )
-    kw = dict(temperature=1.5, n_bootstrap=4, seed=0, similarity=True)
-    a, b = _SplitAccumulator(K, **kw), _SplitAccumulator(K, **kw)
-    a.update(z, y.astype(np.int32), np.arange(60))
-    perm = np.random.default_rng(seed).permutation(60)
-    b.update((z + np.float32(shift))[perm], y[perm].astype(np.int32), np.arange(60)[perm])
-    pa_, ra = a.finalize()
-    pb, rb = b.finalize()
-    for k in pa_:
-        assert pa_[k] == pytest.approx(pb[k], rel=1e-4, abs=1e-6)
-    for k in ra:
-        np.testing.assert_allclose(ra[k], rb[k], rtol=1e-4, atol=1e-6)
+def test_buckets_and_weights_keyed_by_id_and_seed():
+    ids = np.arange(100_000, dtype=np.int64)
+    b = bucket_of(ids)
+    assert b.min() >= 0 and b.max() < N_BUCKETS
+    counts = np.bincount(b, minlength=N_BUCKETS)
+    assert counts.min() > 0.6 * counts.mean() and counts.max() < 1.4 * counts.mean()
+    np.testing.assert_array_equal(bucket_of(ids[::-1]), b[::-1])
+    w = replicate_weights(50, seed=1)
+    assert w.shape == (50, N_BUCKETS) and w.mean() == pytest.approx(1.0, abs=0.02)
+    np.testing.assert_array_equal(replicate_weights(50, seed=1), w)
+    assert not np.array_equal(replicate_weights(50, seed=2), w)
 
 
-def test_one_hot_teacher_has_no_dark_mass_and_no_oemc():
+def test_refitted_replicates_match_a_weighted_refit():
+    from scipy.optimize import minimize_scalar
+
+    y = balanced_labels(2000, K, 0)
+    z = _teacher(2000, y, gap=6.0, acc=0.8, seed=2)
+    ids = np.arange(2000)
+    tf = TemperatureFitAccumulator(K)
+    tf.update(z, y, ids)
+    t = tf.finalize()
+    rep = refit_replicates(tf, t, np.ones((1, N_BUCKETS)), (0.05, 20.0))
+    assert rep[0] == pytest.approx(tf.nll_at(t), abs=1e-8)
+    w = replicate_weights(5, seed=0)
+    reps = refit_replicates(tf, t, w, (0.05, 20.0))
+    zz = z.astype(np.float64)
+    for r in range(5):
+        we = w[r, bucket_of(ids)]
+
+        def nll(u, we=we):
+            ls = log_softmax(zz / np.exp(u), axis=1)[np.arange(2000), y]
+            return -(we * ls).sum() / we.sum()
+
+        exact = minimize_scalar(nll, bounds=(-3, 3), method="bounded", options={"xatol": 1e-8})
+        # One Newton step: within ~1e-6 nats of the exact refit (far below score gaps).
+        assert reps[r] == pytest.approx(exact.fun, abs=1e-5)
+    assert reps.std() > 0
+
+
+def test_one_hot_teacher_has_no_dark_mass_and_no_oemc(tmp_path):
     z, y = one_hot_teacher(100, K)
-    acc = _SplitAccumulator(K, temperature=1.0, n_bootstrap=0, seed=0, similarity=True)
-    acc.update(z, y.astype(np.int32), np.arange(100))
-    p, _ = acc.finalize()
-    assert p["dark_mass"] == 0.0 and p["oemc_share"] == 0.0 and p["accuracy"] == 1.0
+    for ep in (1, 2):
+        write_logits(
+            tmp_path / f"{ep}.parquet", z, split="val", run="r", checkpoint=f"c{ep}", labels=y
+        )
+    sig, _, _ = checkpoint_signals(tmp_path, temperature=1.0)
+    assert (sig["dark_mass_heldout"] == 0.0).all() and (sig["accuracy_heldout"] == 1.0).all()
+
+
+@pytest.mark.parametrize("analysis_t", [1.0, 4.0])
+def test_recommend_and_analyze_agree_exactly(tmp_path, analysis_t):
+    """Both take the fitted temperature and the NLL after the fit from one definition."""
+    from kdlens.analysis.engine import analyze
+
+    src = _grid_store(tmp_path, SWEET, n=3000)
+    summ = analyze(src, temperature=analysis_t, n_permutations=0).summary
+    sig, _, _ = checkpoint_signals(src, temperature=4.0)
+    for r in sig.iter_rows(named=True):
+        rows = summ.filter((pl.col("run") == r["run"]) & (pl.col("checkpoint") == r["checkpoint"]))
+        val = rows.filter(pl.col("split") == "val").row(0, named=True)
+        train = rows.filter(pl.col("split") == "train").row(0, named=True)
+        assert r["fitted_temperature"] == pytest.approx(val["fitted_temperature"], rel=1e-12)
+        assert r["nll_fit_heldout"] == pytest.approx(val["nll_fitted"], rel=1e-12)
+        assert r["nll_heldout"] == pytest.approx(val["nll"], rel=1e-12)
+        assert r["accuracy_heldout"] == val["accuracy"]
+        if analysis_t == 4.0:  # the soft-label signals are at T: equal at the same T
+            assert r["entropy_heldout"] == pytest.approx(val["entropy"], rel=1e-12)
+            assert r["dark_mass_heldout"] == pytest.approx(val["dark_mass"], rel=1e-12)
+            assert r["dark_mass_transfer"] == pytest.approx(train["dark_mass"], rel=1e-12)
+            assert r["oemc_share_transfer"] == pytest.approx(train["oemc_share"], rel=1e-12)
+            assert r["similarity_information_transfer"] == pytest.approx(
+                train["similarity_information"], rel=1e-12
+            )
 
 
 # --------------------------------------------------------------------------- advice and grid

@@ -1,0 +1,75 @@
+"""Which parts a command reads, and the one rule for the fitted temperature.
+
+The fitted temperature of a checkpoint is the T minimising the NLL on its ``val``
+split's temperature-fit sample when that split was read, else on each split's own
+sample; ``nll_fitted`` is each split's NLL at that T on its own sample. ``analyze``
+(columns ``fitted_temperature`` / ``nll_fitted``) and ``recommend`` (``fitted_temperature``
+/ ``nll_fit_heldout``) both take it from :func:`fitted_temperatures`, so they agree exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kdlens._internal.defaults import FIT_SPLIT
+from kdlens.errors import InputError
+from kdlens.measures.calibration import TemperatureFitAccumulator
+from kdlens.store.format import Part
+from kdlens.store.reader import LogitsStore
+
+__all__ = ["Fit", "fitted_temperatures", "select_parts"]
+
+_SPLIT_ORDER = {s: i for i, s in enumerate(("train", "val", "test"))}
+
+
+def select_parts(st: LogitsStore, splits: Sequence[str] | None) -> list[Part]:
+    """One part per run x checkpoint x split (the first file's), in a fixed order."""
+    if splits is not None:
+        wanted = [str(s) for s in splits]
+        unknown = [s for s in wanted if s not in st.splits()]
+        if unknown:
+            raise InputError(
+                f"split {unknown[0]!r} is not in the store (it has: {', '.join(st.splits())})"
+            )
+    out: list[Part] = []
+    for run, ck in st.keys():
+        seen: dict[str, Part] = {}
+        for p in st.find(run, ck):
+            if splits is None or p.split in splits:
+                seen.setdefault(p.split, p)
+        out.extend(seen[s] for s in sorted(seen, key=lambda s: (_SPLIT_ORDER.get(s, 9), s)))
+    if not out:
+        raise InputError("no part of the store matches the requested splits")
+    return out
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The fitted temperature of a split, where it was fitted, and the NLL there."""
+
+    temperature: float
+    split: str
+    nll: float
+
+
+def fitted_temperatures(tfits: Mapping[str, TemperatureFitAccumulator | None]) -> dict[str, Fit]:
+    """The fit of every split of one checkpoint that has a sample (module docstring)."""
+    cache: dict[str, float] = {}
+
+    def fit(split: str) -> float:
+        if split not in cache:
+            acc = tfits[split]
+            cache[split] = acc.finalize() if acc is not None else math.nan
+        return cache[split]
+
+    held = FIT_SPLIT if tfits.get(FIT_SPLIT) is not None else None
+    out: dict[str, Fit] = {}
+    for split, acc in tfits.items():
+        if acc is None:
+            continue
+        src = held or split
+        t = fit(src)
+        out[split] = Fit(t, src, acc.nll_at(t))
+    return out
