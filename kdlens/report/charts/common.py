@@ -106,6 +106,22 @@ def _group_of(df: pl.DataFrame) -> tuple[str, str]:
     return "run", "run"
 
 
+def value_scale(values: pl.Series) -> alt.Scale:
+    """A quantitative scale that never squeezes a (nearly) constant column into a range of
+    1e-17: such a column gets a small padded domain around its value instead of axis labels
+    with seventeen digits."""
+    v = values.cast(pl.Float64)
+    v = v.filter(v.is_finite())
+    if v.len() == 0:
+        return alt.Scale(zero=False)
+    lo, hi = float(v.min()), float(v.max())  # type: ignore[arg-type]
+    tol = 1e-9 * max(1.0, abs(lo), abs(hi))
+    if hi - lo > tol:
+        return alt.Scale(zero=False)
+    pad = max(0.05 * abs(hi), 0.01)  # round ticks, short labels
+    return alt.Scale(zero=False, domain=[lo - pad, hi + pad])
+
+
 def _natural(s: Any) -> tuple[float, str]:
     try:
         return (float(s), "")

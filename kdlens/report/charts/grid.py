@@ -16,6 +16,7 @@ from kdlens.report.charts.common import (
     _time_axis,
     _values,
     _with_teacher,
+    value_scale,
 )
 
 #: Metrics of the trajectory chart: (column in the summary, title, split role).
@@ -293,8 +294,8 @@ def pareto_chart(
         "similarity_information_transfer": "similarity information, transfer split (nats)",
         "dark_mass_transfer": "dark mass, transfer split",
     }
-    x_enc = alt.X(f"{x}:Q", title=titles.get(x, x), scale=alt.Scale(zero=False))
-    y_enc = alt.Y(f"{y}:Q", title=titles.get(y, y), scale=alt.Scale(zero=False))
+    x_enc = alt.X(f"{x}:Q", title=titles.get(x, x), scale=value_scale(df[x]))
+    y_enc = alt.Y(f"{y}:Q", title=titles.get(y, y), scale=value_scale(df[y]))
     tooltip = [
         alt.Tooltip("teacher:N"),
         alt.Tooltip(f"{x}:Q", format=".4f"),
@@ -320,7 +321,7 @@ def pareto_chart(
         size=400, color="#e4572e", strokeWidth=3
     )
     return alt.layer(line, dots, ring).properties(
-        width=380,
+        width=360,  # leaves room for the legend in a half-width card
         height=320,
         title="Pareto front: accurate and still carrying similarity information",
     )
