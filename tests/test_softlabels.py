@@ -307,3 +307,18 @@ def test_one_label_rule_everywhere(name):
     else:
         with pytest.raises(InputError, match="-1 \\(missing\\), found at index 3"):
             f(z, missing)
+
+
+@pytest.mark.parametrize("temperature", [2.0, 3.0, 4.0, 1.5, 20.0])
+def test_nll_and_confidence_stay_at_t1_whatever_the_soft_label_temperature(
+    temperature: float,
+) -> None:
+    # The T = 1 normaliser is derived from the tempered core (e ** T for integer T):
+    # it must equal scipy's log-softmax at T = 1, for large logits too.
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((300, 40)) * np.array([[1.0], [30.0], [300.0]]).repeat(100, 0)
+    y = rng.integers(0, 40, 300)
+    cols = sl.per_example(z, y, temperature=temperature)
+    ref = log_softmax(z, axis=1)
+    np.testing.assert_allclose(cols["nll"], -ref[np.arange(300), y], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cols["confidence"], np.exp(ref).max(axis=1), rtol=1e-12)

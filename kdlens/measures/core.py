@@ -130,12 +130,39 @@ def _margin_from(core: _Core, y: np.ndarray, tg: _Target) -> np.ndarray:
     return (tg.x_y - tg.x_runner) * core.temperature
 
 
-def _log_softmax_at_one(z: np.ndarray, core: _Core) -> tuple[np.ndarray, np.ndarray]:
-    """(x1, log s1) at T = 1, reusing ``core`` when it is already at T = 1."""
-    if core.temperature == 1.0:
-        return core.x, core.log_s
-    c1 = _Core(z, 1.0)
-    return c1.x, c1.log_s
+def _power(e: np.ndarray, n: int) -> np.ndarray:
+    """``e ** n`` (n >= 1) by repeated squaring; ``e`` itself when n = 1, else one new
+    array squared in place: a few multiplies per element, no transcendental call."""
+    if n == 1:
+        return e
+    h = _power(e, n // 2)
+    out = np.multiply(h, h, out=None if h is e else h)
+    if n % 2:
+        out *= e
+    return out
+
+
+def _row_sum_power(e: np.ndarray, n: int) -> np.ndarray:
+    """``sum_j e_ij ** n`` per row, the last squaring folded into a row-wise dot product."""
+    half = _power(e, n // 2)
+    if n % 2:
+        return np.einsum("ij,ij,ij->i", half, half, e)
+    return np.einsum("ij,ij->i", half, half)
+
+
+def _log_s_at_one(core: _Core) -> np.ndarray:
+    """``log sum exp(z - max z)`` (the T = 1 normaliser) from a core at any T.
+
+    ``z - max z = T * x`` (the maximum sits at the same index for every T > 0), so
+    ``exp(z - max z) = e ** T``: for an integer T (the usual distillation temperatures)
+    that is a few multiplies of the core's ``e`` instead of a second exponential pass.
+    """
+    t = core.temperature
+    if t == 1.0:
+        return core.log_s
+    if float(t).is_integer() and 2 <= t <= 64:
+        return np.log(_row_sum_power(core.e, int(t)))
+    return np.log(np.exp(core.x * t).sum(axis=1))
 
 
 def _normalize_nt(h: np.ndarray, k: int) -> np.ndarray:

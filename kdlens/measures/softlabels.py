@@ -41,7 +41,7 @@ from kdlens._internal.checks import (
 )
 from kdlens._internal.defaults import OEMC_DELTA
 from kdlens.measures.core import _Core as _Core
-from kdlens.measures.core import _log_softmax_at_one as _log_softmax_at_one
+from kdlens.measures.core import _log_s_at_one as _log_s_at_one
 from kdlens.measures.core import _margin_from as _margin_from
 from kdlens.measures.core import _normalize_nt as _normalize_nt
 from kdlens.measures.core import _oemc_from_log_dark as _oemc_from_log_dark
@@ -257,11 +257,10 @@ def _per_example_core(
     y_safe = np.where(missing, prediction, y) if any_missing else y
     tg = _Target(core, y_safe)
     h = core.entropy()
-    x1, log_s1 = _log_softmax_at_one(z, core)
-    if x1 is core.x:
-        nll1 = core.log_s - tg.x_y  # written this way round so a perfect fit gives +0.0
-    else:
-        nll1 = log_s1 - x1[tg.rows, y_safe]
+    # NLL and confidence are at T = 1 whatever T the soft labels are measured at:
+    # log p_y(T=1) = T * x_y - log s1 in the core's shifted frame (+0.0 for a perfect fit).
+    log_s1 = _log_s_at_one(core)
+    nll1 = log_s1 - tg.x_y * core.temperature
     mg = _margin_from(core, y_safe, tg)
     out: dict[str, np.ndarray] = {
         "entropy": h,
