@@ -15,110 +15,52 @@ from typing import Any as _Any
 
 from kdlens._version import __version__
 
-# name -> module that defines it; the stages of the pipeline, in order.
-_PUBLIC: dict[str, str] = {}
-
-
-def _export(module: str, *names: str) -> None:
-    for n in names:
-        _PUBLIC[n] = f"kdlens.{module}"
-
-
-_export("errors", "KdlensError", "StoreError", "InputError")
-_export("store.format", "FORMAT_VERSION", "Batch", "Part", "arrow_schema")
-_export("store.writer", "CheckpointWriter", "write_logits")
-_export("store.reader", "LogitsStore", "open_store")
-_export("store.validate", "PartReport", "ValidationReport", "validate")
-_export("store.importing", "ImportedCheckpoint", "import_files", "read_array_file")
-_export(
-    "measures.softlabels",
-    "DEFAULT_OEMC_DELTA",
-    "correct",
-    "dark_mass",
-    "effective_classes",
-    "entropy",
-    "log_dark_mass",
-    "log_probs",
-    "margin",
-    "nckd_weight",
-    "nll",
-    "nontarget_entropy",
-    "nontarget_log_probs",
-    "nontarget_probs",
-    "oemc",
-    "oemc_share",
-    "per_example",
-    "probs",
-    "target_prob",
-    "tckd_weight",
-)
-_export("measures.summary", "SoftLabelAccumulator", "SoftLabelSummary", "MEAN_COLUMNS")
-_export(
-    "measures.calibration",
-    "DEFAULT_N_BINS",
-    "CalibrationAccumulator",
-    "CalibrationResult",
-    "TemperatureFitAccumulator",
-    "expected_calibration_error",
-    "fit_temperature",
-    "nll_loss",
-    "reliability_table",
-)
-_export(
-    "measures.fidelity",
-    "FidelityAccumulator",
-    "FidelityResult",
-    "fidelity",
-    "predictive_kl",
-    "top1_agreement",
-)
-_export(
-    "measures.similarity",
-    "SimilarityAccumulator",
-    "SimilarityResult",
-    "similarity_matrix",
-    "similarity_information",
-    "instance_information",
-    "similarity_from_probs",
-    "similarity_estimate",
-    "similarity_graph",
-    "cluster_classes",
-    "superclass_recovery",
-    "reference_agreement",
-    "write_graph",
-    "write_edges_parquet",
-    "ClassGraph",
-    "read_hierarchy",
-    "store_class_graph",
-)
-_export(
-    "hypotheses.structure", "StructureTestResult", "structure_test", "structure_test_from_result"
-)
-_export("hypotheses.controls", "CONTROL_KINDS", "control_log_probs", "make_controls")
-_export(
-    "hypotheses.compare",
-    "StudentComparison",
-    "compare_students",
-    "compare_stores",
-    "KNOWLEDGE_DISTILLATION",
-    "REGULARIZATION_EFFECT",
-)
-_export("analysis.engine", "AnalysisResult", "analyze", "read_reference_probs")
-_export("_internal.progress", "NullProgress")
-_export(
-    "recommend.rank",
-    "DEFAULT_COLLAPSE_WEIGHT",
-    "DEFAULT_TEMPERATURE",
-    "SCORE_DEFINITION",
-    "Recommendation",
-    "checkpoint_signals",
-    "recommend",
-    "score_checkpoints",
-)
-_export("report.build", "build_report")
-_export("report.data", "ReportData", "collect_report_data")
-_export("report.render", "export_charts")
-_export("harness.writer", "LogitsWriter")
+# The public names, by the module that defines them, in the order of the pipeline.
+_MODULES: dict[str, str] = {
+    "errors": "KdlensError StoreError InputError",
+    "store.format": "FORMAT_VERSION Batch Part arrow_schema",
+    "store.writer": "CheckpointWriter write_logits",
+    "store.reader": "LogitsStore open_store",
+    "store.validate": "PartReport ValidationReport validate",
+    "store.importing": "ImportedCheckpoint import_files read_array_file",
+    "measures.softlabels": (
+        "DEFAULT_OEMC_DELTA correct dark_mass effective_classes entropy log_dark_mass "
+        "log_probs margin nckd_weight nll nontarget_entropy nontarget_log_probs "
+        "nontarget_probs oemc oemc_share per_example probs target_prob tckd_weight"
+    ),
+    "measures.summary": "SoftLabelAccumulator SoftLabelSummary MEAN_COLUMNS",
+    "measures.calibration": (
+        "DEFAULT_N_BINS CalibrationAccumulator CalibrationResult "
+        "TemperatureFitAccumulator expected_calibration_error fit_temperature nll_loss "
+        "reliability_table"
+    ),
+    "measures.fidelity": "FidelityAccumulator FidelityResult fidelity predictive_kl top1_agreement",
+    "measures.similarity": (
+        "SimilarityAccumulator SimilarityResult similarity_matrix "
+        "similarity_information instance_information similarity_from_probs "
+        "similarity_estimate similarity_graph cluster_classes superclass_recovery "
+        "reference_agreement write_graph write_edges_parquet ClassGraph read_hierarchy "
+        "store_class_graph"
+    ),
+    "hypotheses.structure": "StructureTestResult structure_test structure_test_from_result",
+    "hypotheses.controls": "CONTROL_KINDS control_log_probs make_controls",
+    "hypotheses.compare": (
+        "StudentComparison compare_students compare_stores KNOWLEDGE_DISTILLATION "
+        "REGULARIZATION_EFFECT"
+    ),
+    "analysis.engine": "AnalysisResult analyze read_reference_probs",
+    "_internal.progress": "NullProgress",
+    "recommend.rank": (
+        "DEFAULT_COLLAPSE_WEIGHT DEFAULT_TEMPERATURE SCORE_DEFINITION Recommendation "
+        "checkpoint_signals recommend score_checkpoints"
+    ),
+    "report.build": "build_report",
+    "report.data": "ReportData collect_report_data",
+    "report.render": "export_charts",
+    "harness.writer": "LogitsWriter",
+}
+#: name -> the module that defines it.
+_PUBLIC: dict[str, str] = {n: f"kdlens.{m}" for m, names in _MODULES.items() for n in names.split()}
 
 __all__ = sorted(["__version__", *_PUBLIC])
 
