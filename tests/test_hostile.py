@@ -332,7 +332,7 @@ def test_metadata_of_the_wrong_shape_is_one_store_error(
 
 def test_validate_reports_bad_metadata_beside_good_files(tmp_path: Path) -> None:
     _ok_store(tmp_path / "s")
-    _raw_file(tmp_path / "s" / "z" / "bad.parquet", meta=b'{"num_classes": "abc"}')
+    _raw_file(tmp_path / "s" / "z" / "bad.parquet", meta=_meta(b'{"num_classes": "abc"}'))
     res = runner.invoke(app, ["validate", str(tmp_path / "s")])
     _no_traceback(res)
     assert res.exit_code == 1, res.output
@@ -348,7 +348,9 @@ def test_labels_outside_range_are_refused_by_analyze_and_controls(
 ) -> None:
     y = np.zeros(30, np.int64)
     y[7] = label
-    f = _raw_file(tmp_path / "s" / "f.parquet", labels=y, k=4)
+    _raw_file(tmp_path / "s" / "a.parquet", ck="a", k=4)  # a good checkpoint read first
+    _raw_file(tmp_path / "s" / "f.parquet", labels=y, k=4)
+    f = tmp_path / "s"
     for cmd in (
         ["analyze", str(f), "-o", str(tmp_path / "o"), "-q"],
         ["controls", str(f), "--kind", "ls", "-o", str(tmp_path / "c")],
