@@ -453,3 +453,31 @@ def test_malformed_classes_json_and_empty_npy_name_the_file(tmp_path: Path) -> N
         assert res.exit_code == 2, res.output
         assert Path(args[-1]).name in res.output, res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_staged_dir_stages_inside_a_target_whose_parent_is_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    target = tmp_path / "ro" / "out"
+    target.mkdir(parents=True)
+    (target / "keep").write_text("k")
+    real = tempfile.mkdtemp
+
+    def mkdtemp(**kw: str) -> str:  # the parent refuses new entries, as `chmod 555` would
+        if Path(kw["dir"]) == target.parent:
+            raise PermissionError(13, "Permission denied", kw["dir"])
+        return real(**kw)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    with staged_dir(target) as stage:
+        assert stage.parent == target and stage.name.startswith(".")
+        (stage / "f").write_text("x")
+    assert sorted(p.name for p in target.iterdir()) == ["f", "keep"]
+
+
+def test_a_store_skips_files_under_dot_directories(tmp_path: Path) -> None:
+    _ok_store(tmp_path / "s")
+    _ok_store(tmp_path / "s" / ".stage", run="hidden")
+    assert open_store(tmp_path / "s").keys() == [("r", "c")]

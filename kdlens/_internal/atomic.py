@@ -63,20 +63,21 @@ def staged_dir(target: str | os.PathLike[str], *, remove: Iterable[str] = ()) ->
     """Yield an empty directory beside ``target`` to build an output in; swap it in on success.
 
     The stage is a hidden directory in ``target``'s parent (same file system, so every
-    move is a rename). When the block succeeds and ``target`` does not exist, the stage
-    is renamed to it in one step. When ``target`` exists, each staged file replaces the
-    file of the same relative path (each one atomically), and the relative paths in
-    ``remove`` that the block did not write are deleted: a re-run drops the outputs it
-    no longer makes (a stale ``examples.parquet``) while files kdlens does not own stay.
-    When the block raises (Ctrl-C included), the stage and every parent directory this
-    call created are removed and ``target`` is not touched.
+    move is a rename), or inside an existing ``target`` whose parent is read-only. When
+    the block succeeds and ``target`` does not exist, the stage is renamed to it in one
+    step. When ``target`` exists, each staged file replaces the file of the same relative
+    path (each one atomically), and the relative paths in ``remove`` that the block did
+    not write are deleted: a re-run drops the outputs it no longer makes (a stale
+    ``examples.parquet``) while files kdlens does not own stay. When the block raises
+    (Ctrl-C included), the stage and every parent directory this call created are
+    removed and ``target`` is not touched.
     """
     dest = Path(target)
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(20, "exists and is not a directory", str(dest))
     created = _make_parents(dest.parent)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        stage = _make_stage(dest)
     except BaseException:
         _remove_dirs(created)
         raise
@@ -92,6 +93,17 @@ def staged_dir(target: str | os.PathLike[str], *, remove: Iterable[str] = ()) ->
         _remove_dirs(created)
         raise
     shutil.rmtree(stage, ignore_errors=True)
+
+
+def _make_stage(dest: Path) -> Path:
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except PermissionError:
+        if not dest.is_dir():
+            raise
+    # A writable directory under a read-only parent (``-o ~``): stage inside it, hidden
+    # (stores skip dot-directories), still on the same file system.
+    return Path(tempfile.mkdtemp(prefix=".kdlens-stage.", suffix=".tmp", dir=dest))
 
 
 def _merge_into(stage: Path, dest: Path, remove: Iterable[str]) -> None:

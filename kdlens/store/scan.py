@@ -33,7 +33,12 @@ def resolve_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     s = str(source)
     p = Path(s)
     if p.is_dir():
-        files = sorted(q for q in p.rglob("*.parquet") if not q.name.startswith("."))
+        # Dot-files and dot-directories are not part of a store (a stage being built is one).
+        files = sorted(
+            q
+            for q in p.rglob("*.parquet")
+            if not any(c.startswith(".") for c in q.relative_to(p).parts)
+        )
         if not files:
             raise StoreError(f"{s}: directory holds no .parquet files")
         return files
