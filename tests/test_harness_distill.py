@@ -189,3 +189,47 @@ def test_cli_distill_and_plain(teacher: Path, tmp_path: Path) -> None:
     assert pl.read_parquet(tmp_path / "results.parquet").height == 3
     r = runner.invoke(app, ["distill", str(teacher), "--checkpoint", "nope", "-o", str(tmp_path)])
     assert r.exit_code == 2 and "no checkpoint 'nope'" in r.output
+
+
+def test_distill_refuses_a_run_name_that_would_climb_out_of_out(
+    teacher: Path, tmp_path: Path
+) -> None:
+    # A store someone else wrote: its `run` column holds a path that leaves OUT.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = next(teacher.rglob("ep006.parquet"))
+    table = pq.read_table(src)
+    hostile = "x/../../../../ESCAPE"
+    table = table.set_column(
+        table.schema.get_field_index("run"),
+        table.schema.field("run"),
+        pa.array([hostile] * table.num_rows, pa.string()),
+    )
+    store = tmp_path / "a" / "store"
+    store.mkdir(parents=True)
+    pq.write_table(table, store / "f.parquet")
+    out = tmp_path / "a" / "b" / "c" / "d" / "out"
+    res = CliRunner().invoke(
+        app,
+        ["distill", str(store), "--checkpoint", "ep006", "-o", str(out)]
+        + ["--seeds", "0", "--student-epochs", "2"],
+    )
+    assert "Traceback" not in res.output
+    assert res.exit_code == 2, res.output
+    assert "cannot name a file" in res.output and "ESCAPE" in res.output
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "f.parquet", "store"]
+
+
+def test_logits_writer_refuses_names_that_are_not_file_names(tmp_path: Path) -> None:
+    from kdlens.harness.writer import LogitsWriter
+
+    with pytest.raises(InputError, match="cannot name a file"):
+        LogitsWriter(tmp_path, run="..", num_classes=3)
+    w = LogitsWriter(tmp_path, run="r", num_classes=3)
+    for bad in ("../x", "a/b", ".hidden"):
+        with pytest.raises(InputError, match="cannot name a file"):
+            w.path(bad, "test")
+    with pytest.raises(InputError, match="`split`"):
+        w.path("ep1", "../test")
+    assert list(tmp_path.iterdir()) == []

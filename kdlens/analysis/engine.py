@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdlens._internal.atomic import atomic_path
+from kdlens._internal.atomic import staged_dir
 from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
 from kdlens.analysis.examples_file import ExamplesWriter
 from kdlens.analysis.parts import fitted_temperatures, select_parts
@@ -52,7 +52,9 @@ from kdlens.store.reader import LogitsStore, open_store
 __all__ = [
     "AnalysisRequest",
     "AnalysisResult",
+    "OUTPUT_FILES",
     "analyze",
+    "analyze_into",
     "read_reference_probs",
 ]
 
@@ -80,18 +82,46 @@ class AnalysisResult:
     TABLES = ("summary", "classes", "similarity", "edges", "calibration")
 
     def write(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
-        """Write ``<table>.parquet`` for each table into ``directory`` (tmp file, then rename)."""
-        out = Path(directory)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"{out}: exists and is not a directory; choose another directory")
-        paths = {}
-        for name in self.TABLES:
-            df: pl.DataFrame = getattr(self, name)
-            target = out / f"{name}.parquet"
-            with atomic_path(target) as tmp:
-                df.write_parquet(tmp)
-            paths[name] = target
-        return paths
+        """Write ``<table>.parquet`` for each table into ``directory``: built beside it and
+        moved in when complete (:func:`~kdlens._internal.atomic.staged_dir`)."""
+        out = _check_directory(directory)
+        with staged_dir(out) as stage:
+            for name in self.TABLES:
+                df: pl.DataFrame = getattr(self, name)
+                df.write_parquet(stage / f"{name}.parquet")
+        return {name: out / f"{name}.parquet" for name in self.TABLES}
+
+
+#: The files an analysis directory holds; a re-run removes those it no longer writes.
+OUTPUT_FILES = (*(f"{t}.parquet" for t in AnalysisResult.TABLES), "examples.parquet")
+
+
+def analyze_into(
+    directory: str | os.PathLike[str], store: Any, *, per_example: bool = False, **options: Any
+) -> tuple[AnalysisResult, dict[str, Path]]:
+    """:func:`analyze` ``store`` and write its tables (and ``examples.parquet`` when
+    ``per_example``) into ``directory`` as one transaction.
+
+    Everything is built beside ``directory`` and moved in when complete: a failure leaves
+    the directory as it was, and a re-run leaves no file of an earlier analysis behind
+    (:data:`OUTPUT_FILES`; other files in the directory stay). ``options`` are those of
+    :func:`analyze` except ``per_example_path``. Returns the result and the table paths.
+    """
+    out = _check_directory(directory)
+    with staged_dir(out, remove=OUTPUT_FILES) as stage:
+        examples = stage / "examples.parquet" if per_example else None
+        result = analyze(store, per_example_path=examples, **options)
+        result.write(stage)
+    if result.examples_path is not None:
+        result.examples_path = out / "examples.parquet"
+    return result, {name: out / f"{name}.parquet" for name in AnalysisResult.TABLES}
+
+
+def _check_directory(directory: str | os.PathLike[str]) -> Path:
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory; choose another directory")
+    return out
 
 
 # --------------------------------------------------------------------------- analysis

@@ -119,11 +119,12 @@ def analyze_command(
     from rich.table import Table
 
     from kdlens._internal.progress import NullProgress
-    from kdlens.analysis.engine import analyze
+    from kdlens.analysis.engine import analyze_into
 
     progress = _progress(quiet or as_json)
     with _Nothing() if isinstance(progress, NullProgress) else progress:
-        result = analyze(
+        result, paths = analyze_into(
+            output,
             store,
             temperature=temperature,
             splits=splits or None,
@@ -131,13 +132,12 @@ def analyze_command(
             n_bins=n_bins,
             hierarchy=hierarchy,
             reference_probs=reference_probs,
-            per_example_path=(output / "examples.parquet") if per_example else None,
+            per_example=per_example,
             n_permutations=n_permutations,
             drop_nonfinite=drop_nonfinite,
             use_predicted_labels=use_predicted_labels,
             progress=progress,
         )
-    paths = result.write(output)
     if as_json:
         rows = [{k: _clean(v) for k, v in r.items()} for r in result.summary.iter_rows(named=True)]
         typer.echo(json.dumps({"temperature": result.temperature, "rows": rows}))

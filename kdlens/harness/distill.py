@@ -26,6 +26,7 @@ import polars as pl
 import torch
 
 from kdlens._internal.atomic import atomic_path
+from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.harness.reporting import QuietReporter, Reporter
 from kdlens.harness.runtime import cpu_threads
@@ -126,6 +127,11 @@ def distill(
         all_checkpoints=all_checkpoints,
         plain=plain,
     )
+    if out is not None and not plain:  # names become paths: refuse them before training
+        for r, c in keys:
+            path_component(r, field="run")
+            path_component(c, field="checkpoint")
+            path_component(_student_run(r, c, plain), field="run")
     dev = resolve_device(device)
     rep = reporter or QuietReporter()
     a = 0.0 if plain else float(alpha)
@@ -253,9 +259,13 @@ def _result_row(
         "teacher_test_acc": t.teacher_acc,
         "student_test_acc": acc,
         "student_test_nll": nll,
-        "student_run": "student-plain" if plain else f"student-{t.run}-{t.checkpoint}",
+        "student_run": _student_run(t.run, t.checkpoint, t.plain),
         "seconds": 0.0,
     }
+
+
+def _student_run(run: str, checkpoint: str, plain: bool) -> str:
+    return "student-plain" if plain else f"student-{run}-{checkpoint}"
 
 
 def _write_student_logits(
@@ -281,7 +291,7 @@ def _write_student_logits(
         "teacher_store": str(st.source),
     }
     with CheckpointWriter(
-        outp / "logits" / srun / f"seed{seed}.parquet",
+        outp / "logits" / path_component(srun, field="run") / f"seed{seed}.parquet",
         run=srun,
         checkpoint=f"seed{seed}",
         num_classes=st.num_classes,

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.harness.config import DumpConfig
 from kdlens.harness.data import Splits, prepare_data
@@ -213,6 +214,9 @@ def dump_checkpoints(
     files = [f for f in files if f.is_file()]
     if not files:
         raise InputError(f"{checkpoints!s}: matches no files")
+    path_component(run, field="run")  # names become paths: check them before any work
+    for f in files:
+        path_component(f.stem, field="checkpoint")
     rep = reporter or QuietReporter()
     dev = resolve_device(device)
     data = prepare_data(

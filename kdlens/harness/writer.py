@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.harness.runtime import autocast
 from kdlens.store.writer import CheckpointWriter
@@ -57,8 +58,7 @@ class LogitsWriter:
         config: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> None:
-        if not run or "/" in run or "\\" in run:
-            raise InputError(f"run must be a non-empty name without slashes, got {run!r}")
+        path_component(run, field="run")
         if int(num_classes) < 2:
             raise InputError(f"num_classes must be at least 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -74,7 +74,8 @@ class LogitsWriter:
         self.overwrite = overwrite
 
     def path(self, checkpoint: str, split: str) -> Path:
-        return self.root / self.run / f"{checkpoint}.{split}.parquet"
+        ck = path_component(checkpoint, field="checkpoint")
+        return self.root / self.run / f"{ck}.{path_component(split, field='split')}.parquet"
 
     def dump(
         self,

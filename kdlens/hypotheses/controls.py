@@ -34,7 +34,6 @@ still favours the real teacher is evidence for knowledge beyond the label.
 from __future__ import annotations
 
 import os
-import re
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from kdlens._internal.atomic import staged_dir
 from kdlens._internal.checks import check_logits_labels, check_square, check_temperature
+from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.measures.core import _Core, _Target
 from kdlens.store.reader import LogitsStore, open_store
@@ -141,10 +142,6 @@ def _usable(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     return s
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.+=-]+", "_", name)
-
-
 def make_controls(
     store: Any,
     out: str | os.PathLike[str],
@@ -174,39 +171,68 @@ def make_controls(
     keys = [key for key in st.keys() if runs is None or key[0] in runs]
     if not keys:
         raise InputError(f"{st.source}: no run matches {list(runs or [])}")
-    written: list[Path] = []
+    # Every name becomes a path: check them all, and every target, before writing anything.
+    paths = {}
     for run, ck in keys:
-        parts = st.find(run, ck)
-        first = parts[0]
-        meta = st.checkpoint_metadata(run, ck)
-        path = out_dir / f"{_safe(run)}+{kind}" / f"{_safe(ck)}.parquet"
-        config = {
-            "control": kind,
-            "temperature": t,
-            "seed": seed if kind == "permuted" else None,
-            "source_store": str(st.source),
-            "source_run": run,
-            "source_checkpoint": ck,
-            "source_config": meta.get("config") or {},
-        }
-        with CheckpointWriter(
-            path,
-            run=f"{run}+{kind}",
-            checkpoint=ck,
-            num_classes=st.num_classes,
-            epoch=first.epoch,
-            step=first.step,
-            batch_size=first.batch_size,
-            class_names=st.class_names,
-            dataset=meta.get("dataset"),
-            model=meta.get("model"),
-            config=config,
-            overwrite=overwrite,
-        ) as w:
-            for split in sorted({p.split for p in parts}):
-                _write_part(st, w, run, ck, split, kind, t, seed, batch_rows)
-        written.append(path)
-    return written
+        name = path_component(f"{path_component(run, field='run')}+{kind}", field="run")
+        paths[run, ck] = (name, f"{path_component(ck, field='checkpoint')}.parquet")
+        if (out_dir / name / paths[run, ck][1]).exists() and not overwrite:
+            raise InputError(
+                f"{out_dir / name / paths[run, ck][1]}: already exists (pass `overwrite=True`)"
+            )
+    # Built beside `out` and moved in when complete: a failure leaves `out` as it was.
+    with staged_dir(out_dir) as stage:
+        for run, ck in keys:
+            _write_checkpoint(
+                st,
+                stage / paths[run, ck][0] / paths[run, ck][1],
+                run,
+                ck,
+                kind,
+                t,
+                seed,
+                batch_rows,
+            )
+    return [out_dir / a / b for a, b in paths.values()]
+
+
+def _write_checkpoint(
+    st: LogitsStore,
+    path: Path,
+    run: str,
+    ck: str,
+    kind: str,
+    t: float,
+    seed: int,
+    batch_rows: int | None,
+) -> None:
+    parts = st.find(run, ck)
+    first = parts[0]
+    meta = st.checkpoint_metadata(run, ck)
+    config = {
+        "control": kind,
+        "temperature": t,
+        "seed": seed if kind == "permuted" else None,
+        "source_store": str(st.source),
+        "source_run": run,
+        "source_checkpoint": ck,
+        "source_config": meta.get("config") or {},
+    }
+    with CheckpointWriter(
+        path,
+        run=f"{run}+{kind}",
+        checkpoint=ck,
+        num_classes=st.num_classes,
+        epoch=first.epoch,
+        step=first.step,
+        batch_size=first.batch_size,
+        class_names=st.class_names,
+        dataset=meta.get("dataset"),
+        model=meta.get("model"),
+        config=config,
+    ) as w:
+        for split in sorted({p.split for p in parts}):
+            _write_part(st, w, run, ck, split, kind, t, seed, batch_rows)
 
 
 def _write_part(

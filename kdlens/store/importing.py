@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,10 @@ from typing import Any, Literal
 import numpy as np
 from scipy.special import logsumexp
 
+from kdlens._internal.atomic import staged_dir
+from kdlens._internal.names import path_component
 from kdlens.errors import InputError
+from kdlens.store.scan import scan_file
 from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["ImportedCheckpoint", "import_files", "read_array_file"]
@@ -47,6 +49,7 @@ class ImportedCheckpoint:
     run: str
     checkpoint: str
     rows: int
+    num_classes: int = 0
 
 
 def import_files(
@@ -97,31 +100,40 @@ def import_files(
         raise InputError(f"{len(names)} checkpoint names for {len(paths)} input files")
     if len(set(names)) != len(names):
         raise InputError(f"checkpoint names must be unique, got {names}")
+    path_component(run, field="run")
+    for name in names:
+        path_component(name, field="checkpoint")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: already exists and is not empty (pass `overwrite=True`)")
     class_names = _read_classes(classes)
     shared_labels = _read_label_file(Path(labels)) if labels and Path(labels).is_file() else None
     label_key = None if shared_labels is not None else labels
+    kept_k = _kept_num_classes(out, run, names)
 
-    created_dir = not out.exists()
     written: list[ImportedCheckpoint] = []
-    try:
+    # A transaction: the store is built beside `out` and moved in only when every input
+    # has been read and written; on any failure `out` is as it was.
+    with staged_dir(out) as stage:
         for path, name in zip(paths, names, strict=True):
             arr, lab = read_array_file(path, key=key, label_key=label_key)
             if shared_labels is not None:
                 lab = shared_labels
             z = _to_logits(arr, kind, path, prob_floor=prob_floor, prob_tol=prob_tol)
+            k = kept_k if kept_k is not None else (written[0].num_classes if written else None)
+            if k is not None and z.shape[1] != k:
+                raise InputError(f"{path}: K={z.shape[1]} but the store has K={k}")
             if class_names is not None and len(class_names) != z.shape[1]:
                 raise InputError(f"{path}: {len(class_names)} class names but K={z.shape[1]}")
             if lab is not None:
                 lab = _check_labels(lab, z.shape, path)
-            dest = out / run / f"{name}.parquet"
             config: dict[str, Any] = {"imported_from": str(path), "kind": kind}
             if kind == "probs":
                 config["prob_floor"] = prob_floor
             with CheckpointWriter(
-                dest,
+                stage / run / f"{name}.parquet",
                 run=run,
                 checkpoint=name,
                 num_classes=z.shape[1],
@@ -129,17 +141,22 @@ def import_files(
                 dataset=dataset,
                 model=model,
                 config=config,
-                overwrite=overwrite,
             ) as w:
                 w.write(z, split=split, labels=lab, example_ids=np.arange(z.shape[0]))
-            written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0]))
-    except BaseException:
-        for item in written:
-            item.path.unlink(missing_ok=True)
-        if created_dir and out.exists():
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+            dest = out / run / f"{name}.parquet"
+            written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0], z.shape[1]))
     return written
+
+
+def _kept_num_classes(out: Path, run: str, names: Sequence[str]) -> int | None:
+    """K of the store files an overwrite keeps (those this import does not replace)."""
+    if not out.is_dir():
+        return None
+    replaced = {out / run / f"{n}.parquet" for n in names}
+    for f in sorted(out.rglob("*.parquet")):
+        if f not in replaced and not f.name.startswith("."):
+            return scan_file(f).num_classes
+    return None
 
 
 def read_array_file(
@@ -150,10 +167,7 @@ def read_array_file(
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise InputError(f"{path}: not a plain numeric .npy array ({exc})") from None
+        arr = _load_npy(path)
         if label_key:
             raise InputError(f"{path}: a .npy holds one array; give `labels` as a file instead")
         return _check_2d(arr, path), None
@@ -169,6 +183,17 @@ def read_array_file(
     if suffix in (".csv", ".tsv", ".txt"):
         return _read_csv(path, label_key)
     raise InputError(f"{path}: unsupported file type {suffix!r} (use .npy, .npz, .pt or .csv)")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except OSError:
+        raise  # the OS's own error (permission, I/O): the CLI reports it with the path
+    except Exception as exc:  # numpy raises ValueError, EOFError, UnpicklingError, ...
+        text = str(exc).strip().splitlines()
+        why = text[0][:160] if text else type(exc).__name__
+        raise InputError(f"{path}: not a plain numeric .npy array ({why})") from None
 
 
 def _load_pt(path: Path) -> dict[str, np.ndarray]:
@@ -285,6 +310,26 @@ def _check_labels(lab: Any, shape: tuple[int, ...], path: Path) -> np.ndarray:
 def _to_logits(
     arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, prob_tol: float
 ) -> np.ndarray:
+    z = _logits_of(arr, kind, path, prob_floor=prob_floor, prob_tol=prob_tol)
+    finite = np.isfinite(z).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        src = np.asarray(arr[i], dtype=np.float64)
+        why = (
+            "NaN or Inf in the input"
+            if not np.isfinite(src).all()
+            else "values beyond the float32 range (about 3.4e38)"
+        )
+        raise InputError(
+            f"{path}: {int((~finite).sum())} rows would store non-finite logits "
+            f"(first at row {i}: {why}); a store holds finite float32 logits"
+        )
+    return z
+
+
+def _logits_of(
+    arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, prob_tol: float
+) -> np.ndarray:
     x = arr.astype(np.float64)
     if kind == "logits":
         finite = np.isfinite(x).all()
@@ -292,9 +337,10 @@ def _to_logits(
             warnings.warn(
                 f"{path}: every row lies in [0, 1] and sums to 1: these look like "
                 "probabilities; use `kind=probs` unless they really are logits",
-                stacklevel=3,
+                stacklevel=4,
             )
-        return x.astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow to Inf is refused by the caller
+            return x.astype(np.float32)
     if kind == "probs":
         if np.isnan(x).any() or (x < 0).any() or (x > 1 + prob_tol).any():
             raise InputError(f"{path}: probabilities must lie in [0, 1]; are these logits?")
@@ -319,12 +365,13 @@ def _to_logits(
             f"{path}: {int(off.sum())} rows are not normalised log-probabilities "
             f"(row {i}: logsumexp = {lse[i]:.6g}); use `kind=logits`?"
         )
-    return x.astype(np.float32)
+    with np.errstate(over="ignore"):
+        return x.astype(np.float32)
 
 
 def _read_label_file(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        return _load_npy(path)
     if path.suffix == ".npz":
         raise InputError(f"{path}: give labels as a key of each input or a .npy/.txt file")
     try:
@@ -342,7 +389,10 @@ def _read_classes(classes: Any) -> list[str] | None:
     if not p.is_file():
         raise InputError(f"{p}: class-names file not found")
     if p.suffix == ".json":
-        data = json.loads(p.read_text())
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise InputError(f"{p}: not a valid JSON list of class names ({exc})") from None
         if not isinstance(data, list):
             raise InputError(f"{p}: expected a JSON list of class names")
         return [str(c) for c in data]

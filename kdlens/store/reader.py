@@ -116,8 +116,14 @@ class LogitsStore:
         split: str,
         *,
         batch_rows: int | None = None,
+        check_labels: bool = True,
     ) -> Iterator[Batch]:
-        """Yield the rows of one part in batches of at most ``batch_rows`` rows."""
+        """Yield the rows of one part in batches of at most ``batch_rows`` rows.
+
+        A stored label outside [0, K) is a :class:`StoreError` naming the file, the part
+        and the first such example id (every measure indexes by the label);
+        ``check_labels=False`` hands them out as they are (``validate`` counts them).
+        """
         rows = batch_rows or default_batch_rows(self.num_classes)
         k = self.num_classes
         for part in self.find(run, checkpoint, split):
@@ -137,7 +143,10 @@ class LogitsStore:
                     if part.mixed:
                         rb = _filter_part(rb, part)
                     if rb.num_rows:
-                        yield _to_batch(rb, k, part.file)
+                        b = _to_batch(rb, k, part.file)
+                        if check_labels:
+                            _check_labels(b, k, part)
+                        yield b
 
     def prefetch_batches(
         self,
@@ -226,6 +235,17 @@ def _to_batch(rb: pa.RecordBatch, k: int, path: Path) -> Batch:
     )
     ids = rb.column("example_id").to_numpy(zero_copy_only=False)
     return Batch(logits, labels, ids)
+
+
+def _check_labels(b: Batch, k: int, part: Part) -> None:
+    bad = (b.labels >= k) | (b.labels < -1)  # -1 is a missing label
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise StoreError(
+            f"{part.file}: run {part.run!r} checkpoint {part.checkpoint!r} split {part.split!r}: "
+            f"label {int(b.labels[i])} of example_id {int(b.example_ids[i])} is outside "
+            f"[0, {k}) ({int(bad.sum())} such rows in this batch)"
+        )
 
 
 def _filter_part(rb: pa.RecordBatch, part: Part) -> pa.RecordBatch:

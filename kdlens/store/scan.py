@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from kdlens.errors import StoreError
 from kdlens.store.format import METADATA_KEY, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, FileInfo, Part
 
-__all__ = ["resolve_files", "scan_file"]
+__all__ = ["read_metadata", "resolve_files", "scan_file"]
 
 
 def resolve_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -33,7 +33,12 @@ def resolve_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     s = str(source)
     p = Path(s)
     if p.is_dir():
-        files = sorted(q for q in p.rglob("*.parquet") if not q.name.startswith("."))
+        # Dot-files and dot-directories are not part of a store (a stage being built is one).
+        files = sorted(
+            q
+            for q in p.rglob("*.parquet")
+            if not any(c.startswith(".") for c in q.relative_to(p).parts)
+        )
         if not files:
             raise StoreError(f"{s}: directory holds no .parquet files")
         return files
@@ -76,19 +81,71 @@ def scan_file(path: Path) -> FileInfo:
                 f"{path}: column {name!r} must be an integer, got {schema.field(name).type}"
             )
     k = lt.list_size
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    meta: dict[str, Any] = {}
-    if raw is not None:
-        try:
-            meta = json.loads(raw)
-        except json.JSONDecodeError:
-            raise StoreError(f"{path}: file metadata 'kdlens' is not valid JSON") from None
-        mk = meta.get("num_classes")
-        if mk is not None and int(mk) != k:
-            raise StoreError(f"{path}: metadata says K={mk} but column 'logits' has {k} values")
+    meta = read_metadata((schema.metadata or {}).get(METADATA_KEY), path, k)
     info = FileInfo(path, k, meta)
     info.parts = _index_parts(pf, path)
     return info
+
+
+#: The fields of ``data_schema/metadata.schema.json``: name -> (accepted types, required).
+_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "format_version": ((str,), True),
+    "num_classes": ((int,), True),
+    "class_names": ((list, type(None)), False),
+    "dataset": ((str, type(None)), False),
+    "model": ((str, type(None)), False),
+    "producer": ((str,), True),
+    "producer_version": ((str,), True),
+    "config": ((dict,), False),
+}
+_TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
+
+
+def read_metadata(raw: bytes | None, path: Path, num_classes: int) -> dict[str, Any]:
+    """The file metadata (key ``kdlens``) checked against ``metadata.schema.json``.
+
+    A file without the key (written by another tool) reads as ``{}``. Anything else
+    that deviates from the schema is a :class:`StoreError` naming the file and the
+    field: not JSON, nested too deep for the parser, not an object, a required field
+    missing, a field of the wrong type, ``num_classes`` below 2 or not the length of the
+    ``logits`` column, ``class_names`` holding something other than strings. The
+    format version's value and the number of class names are left to ``validate``,
+    which reports them as problems of a readable store.
+    """
+    if raw is None:
+        return {}
+    where = f"{path}: file metadata 'kdlens'"
+    try:
+        meta = json.loads(raw)
+    except RecursionError:
+        raise StoreError(f"{where} is nested too deeply to read") from None
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        raise StoreError(f"{where} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{where} is not a JSON object (got {type(meta).__name__})")
+    for name, (types, required) in _FIELDS.items():
+        if name not in meta:
+            if required:
+                raise StoreError(f"{where} lacks the required field {name!r}")
+            continue
+        v = meta[name]
+        if isinstance(v, bool) or not isinstance(v, types):  # bool is an int to Python
+            want = " or ".join(_TYPE_WORDS.get(t, "null") for t in types)
+            raise StoreError(f"{where}: field {name!r} must be {want}, got {_show(v)}")
+    if meta["num_classes"] != num_classes:
+        raise StoreError(
+            f"{where}: field 'num_classes' says K={meta['num_classes']} but column 'logits' "
+            f"has {num_classes} values"
+        )
+    names = meta.get("class_names")
+    if names is not None and not all(isinstance(c, str) for c in names):
+        raise StoreError(f"{where}: field 'class_names' must hold strings only")
+    return meta
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _index_parts(pf: pq.ParquetFile, path: Path) -> list[Part]:

@@ -168,7 +168,10 @@ def _scan_part(
     k: int,
     batch_rows: int | None,
 ) -> None:
-    for b in store.iter_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows):
+    rows = store.iter_batches(
+        part.run, part.checkpoint, part.split, batch_rows=batch_rows, check_labels=False
+    )
+    for b in rows:
         nan_rows = np.isnan(b.logits).any(axis=1)
         inf_rows = np.isinf(b.logits).any(axis=1)
         pr.nan += int(np.isnan(b.logits).sum())

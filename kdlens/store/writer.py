@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdlens._internal.atomic import commit_temp, new_temp
+from kdlens._internal.names import path_component
 from kdlens._version import __version__
 from kdlens.errors import InputError, StoreError
 from kdlens.store.format import FORMAT_VERSION, METADATA_KEY, arrow_schema, default_batch_rows
@@ -48,8 +49,10 @@ class CheckpointWriter:
         config: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> None:
-        if not run or not checkpoint:
-            raise InputError("run and checkpoint must be non-empty strings")
+        # Names become paths downstream (controls, distill, dump): a store kdlens writes
+        # holds only names every kdlens command can turn into a file name.
+        path_component(run, field="run")
+        path_component(checkpoint, field="checkpoint")
         if int(num_classes) < 2:
             raise InputError(f"num_classes must be at least 2, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
