@@ -21,7 +21,9 @@ from typing import Any, Literal
 import numpy as np
 from scipy.special import logsumexp
 
+from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
+from kdlens.store.adding import read_existing
 from kdlens.store.writer import CheckpointWriter
 
 __all__ = ["ImportedCheckpoint", "import_files", "read_array_file"]
@@ -65,6 +67,9 @@ def import_files(
     prob_floor: float = 1e-12,
     prob_tol: float = 1e-3,
     overwrite: bool = False,
+    epoch: int | None = None,
+    batch_size: int | None = None,
+    progress: Any = None,
 ) -> list[ImportedCheckpoint]:
     """Import each file as one checkpoint of one run into the store directory ``out``.
 
@@ -84,6 +89,12 @@ def import_files(
     key : the array's key inside ``.npz``/``.pt`` inputs (default: looked up by name).
     prob_floor : probabilities below it become ``log(prob_floor)``, never ``-inf``.
     prob_tol : rows of ``probs`` must sum to 1 within it (``log-probs``: logsumexp 0).
+    epoch, batch_size : recorded on every imported checkpoint (the teacher's training
+        epoch and batch size), so that recommend can map the grid.
+
+    A checkpoint file that exists gets ``split`` added when it does not hold that split
+    yet (train and val logits from separate files); one that holds it is refused unless
+    ``overwrite``.
     """
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -98,14 +109,18 @@ def import_files(
     if len(set(names)) != len(names):
         raise InputError(f"checkpoint names must be unique, got {names}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: already exists and is not empty (pass `overwrite=True`)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
     class_names = _read_classes(classes)
     shared_labels = _read_label_file(Path(labels)) if labels and Path(labels).is_file() else None
     label_key = None if shared_labels is not None else labels
 
     created_dir = not out.exists()
+    prog = as_progress(progress)
+    task = prog.add_task("importing", total=len(paths))
     written: list[ImportedCheckpoint] = []
+    added: list[ImportedCheckpoint] = []  # a split added to an existing checkpoint
+    backups: list[tuple[Path, Path]] = []  # checkpoints a split was added to: restore on failure
     try:
         for path, name in zip(paths, names, strict=True):
             arr, lab = read_array_file(path, key=key, label_key=label_key)
@@ -120,26 +135,44 @@ def import_files(
             config: dict[str, Any] = {"imported_from": str(path), "kind": kind}
             if kind == "probs":
                 config["prob_floor"] = prob_floor
+            old = None
+            if dest.exists() and not overwrite:
+                old = read_existing(dest, split=split, num_classes=z.shape[1])
+                backups.append((dest, dest.with_name(dest.name + ".before-import")))
+                shutil.copy2(dest, backups[-1][1])
             with CheckpointWriter(
                 dest,
                 run=run,
                 checkpoint=name,
                 num_classes=z.shape[1],
-                class_names=class_names,
-                dataset=dataset,
-                model=model,
+                epoch=epoch if old is None or epoch is not None else old.epoch,
+                batch_size=batch_size if old is None or batch_size is not None else old.batch_size,
+                class_names=class_names or (old.meta.get("class_names") if old else None),
+                dataset=dataset or (old.meta.get("dataset") if old else None),
+                model=model or (old.meta.get("model") if old else None),
                 config=config,
-                overwrite=overwrite,
+                overwrite=True if old is not None else overwrite,
             ) as w:
+                if old is not None:
+                    old.write_into(w)
                 w.write(z, split=split, labels=lab, example_ids=np.arange(z.shape[0]))
-            written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0]))
+            if old is None:
+                written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0]))
+            else:
+                added.append(ImportedCheckpoint(path, dest, run, name, z.shape[0]))
+            prog.advance(task)
     except BaseException:
+        for dest, backup in backups:
+            if backup.exists():
+                os.replace(backup, dest)
         for item in written:
             item.path.unlink(missing_ok=True)
         if created_dir and out.exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return written
+    for _, backup in backups:
+        backup.unlink(missing_ok=True)
+    return sorted(written + added, key=lambda c: names.index(c.checkpoint))
 
 
 def read_array_file(
@@ -266,7 +299,14 @@ def _check_2d(arr: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _check_labels(lab: Any, shape: tuple[int, ...], path: Path) -> np.ndarray:
-    y = np.asarray(lab).reshape(-1)
+    y = np.asarray(lab)
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.reshape(-1)  # a column or row vector of labels
+    if y.ndim != 1:
+        raise InputError(
+            f"{path}: labels must be one integer per row, shape ({shape[0]},); "
+            f"got an array of shape {y.shape} (one-hot or per-class scores? pass class indices)"
+        )
     if y.shape[0] != shape[0]:
         raise InputError(f"{path}: {y.shape[0]} labels for {shape[0]} rows")
     if y.dtype.kind == "f":
