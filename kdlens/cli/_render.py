@@ -24,10 +24,13 @@ def esc(value: Any) -> str:
     return escape(str(value))
 
 
-def say(text: Any, *, err: bool = False, style: str | None = None) -> None:
-    """Print one plain line (no markup, no highlighting, never wrapped mid-word)."""
+def say(text: Any, *, err: bool = False, style: str | None = None, wrap: bool = False) -> None:
+    """Print one plain line (no markup, no highlighting); ``wrap`` folds it at the width.
+
+    Unwrapped by default, so that a path can be copied whole.
+    """
     (err_console if err else console).print(
-        str(text), markup=False, highlight=False, style=style, soft_wrap=True
+        str(text), markup=False, highlight=False, style=style, soft_wrap=not wrap
     )
 
 

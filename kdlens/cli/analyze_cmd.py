@@ -52,10 +52,10 @@ def _fmt(v: Any) -> str:
 def _fit_columns(columns: list[tuple[str, list[str]]], width: int) -> tuple[list[int], list[str]]:
     """Indices of the columns that fit in ``width`` characters, and the headers left out.
 
-    Each column takes its widest cell plus one space; columns go in ``_DROP_ORDER``
+    Each column takes its widest cell plus its padding (two spaces); columns go in ``_DROP_ORDER``
     (the identifying ones and acc never) until the rest fit.
     """
-    need = {i: max(len(h), *(len(c) for c in cells)) + 1 for i, (h, cells) in enumerate(columns)}
+    need = {i: max(len(h), *(len(c) for c in cells)) + 2 for i, (h, cells) in enumerate(columns)}
     keep = list(range(len(columns)))
     left_out: list[str] = []
     for header in _DROP_ORDER:
@@ -76,7 +76,6 @@ def analyze_command(
         Path("kdlens-analysis"),
         "-o",
         "--out",
-        "--output",
         help="Directory for summary/classes/similarity/edges/calibration .parquet.",
     ),
     temperature: float = typer.Option(
@@ -180,7 +179,8 @@ def _render_summary(summary: Any, temperature: float) -> None:
     if left_out:
         say(
             f"left out for width ({console.width} columns): {', '.join(left_out)}; "
-            "a wider terminal, --json or the written summary.parquet have every column"
+            "a wider terminal, --json or the written summary.parquet have every column",
+            wrap=True,
         )
 
 
@@ -189,9 +189,7 @@ def _render_summary(summary: Any, temperature: float) -> None:
 def controls_command(
     store: str = typer.Argument(..., help="Logits store of the source teacher checkpoints."),
     kind: str = typer.Option(..., "--kind", help=f"Control teacher: {' | '.join(CONTROL_KINDS)}."),
-    output: Path = typer.Option(
-        ..., "-o", "--out", "--output", help="Directory for the control store."
-    ),
+    output: Path = typer.Option(..., "-o", "--out", help="Directory for the control store."),
     temperature: float = typer.Option(
         1.0, "--temperature", "-T", help="Temperature T at which the control is defined."
     ),

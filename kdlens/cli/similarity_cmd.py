@@ -106,7 +106,6 @@ def graph_command(
         ...,
         "-o",
         "--out",
-        "--output",
         help="Output file: .graphml, .json (node-link) or .parquet (edges).",
     ),
     split: str = typer.Option("test", "--split", help="Split to compute class similarity on."),

@@ -49,7 +49,8 @@ def read_existing(path: Path, *, split: str, num_classes: int) -> ExistingCheckp
     splits = table.column("split").to_numpy(zero_copy_only=False)
     if split in set(splits.tolist()):
         raise InputError(
-            f"{path}: already exists and holds split {split!r} (pass `overwrite=True` to replace it)"
+            f"{path}: already exists and holds split {split!r} "
+            "(pass `overwrite=True` to replace it)"
         )
     z_all = np.asarray(table.column("logits").combine_chunks().flatten()).reshape(-1, k)
     ids_all = table.column("example_id").to_numpy()
