@@ -238,7 +238,7 @@ def _show_dump(df: Any, out: str, *, quiet: bool, as_json: bool) -> None:
         say(cost)
         return
     t = Table(title=title(f"kdlens dump -> {out}"))
-    for c in ("run", "status", "ckpts", "val acc", "train s", "dump wait"):
+    for c in ("run", "status", "ckpts", "val acc", "train s", "dump cost"):
         t.add_column(c, justify="left" if c in ("run", "status") else "right", no_wrap=c == "run")
     for r in df.iter_rows(named=True):
         wait = r["dump_overhead"]

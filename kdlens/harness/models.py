@@ -299,7 +299,7 @@ def probe_model(model: nn.Module, name: str, input_shape: Sequence[int], num_cla
         raise InputError(
             f"`model` {name!r} does not accept the dataset's inputs: each example has shape "
             f"{tuple(x.shape[1:])} ({int(x[0].numel())} values){_first_layer(model)}; "
-            f"the forward pass on a batch of shape {tuple(x.shape)} failed ({msg})"
+            f"a forward pass on inputs of shape {tuple(x.shape)} failed ({msg})"
         ) from None
     finally:
         model.train(was_training)

@@ -55,14 +55,14 @@ class RunResult:
 def dump_cost_line(train_seconds: float, wait_seconds: float, work_seconds: float) -> str:
     """The dump's cost in one sentence, with the same labelled figure as the summary table.
 
-    ``wait``: time the training loop stood still for dumps (the table's "dump wait"
+    ``wait``: time the training loop stood still for dumps (the table's "dump cost"
     column); ``work``: time the writer thread spent on them beside training, which
     overlaps training and so is no cost to it unless training waited.
     """
     if train_seconds <= 0:
-        return f"dump wait: - (no training time); dump work {work_seconds:.2f} s"
+        return f"dump cost: - (no training time); dump work {work_seconds:.2f} s"
     return (
-        f"dump wait: {100 * wait_seconds / train_seconds:.2f} % of training time "
+        f"dump cost: {100 * wait_seconds / train_seconds:.2f} % of training time "
         f"(training waited {wait_seconds:.2f} s of {train_seconds:.2f} s for dumps; "
         f"the dump work itself took {work_seconds:.2f} s on a writer thread beside training)"
     )
