@@ -13,6 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from kdlens._internal.progress import NullProgress
+
 __all__ = ["cell", "console", "err_console", "esc", "labelled", "say", "title"]
 
 console = Console()
@@ -58,22 +60,13 @@ def show(renderable: Any, *, err: bool = False) -> None:
     (err_console if err else console).print(renderable)
 
 
-class _Off:
+class _Off(NullProgress):
     """What :func:`progress_bar` returns when nothing is shown: a no-op reporter."""
 
     def __enter__(self) -> _Off:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, description: str, total: float | None = None, **kwargs: Any) -> int:
-        return 0
-
-    def advance(self, task_id: Any, advance: float = 1) -> None:
-        return None
-
-    def update(self, task_id: Any, **kwargs: Any) -> None:
         return None
 
 
