@@ -22,7 +22,8 @@ _MODULES: dict[str, str] = {
     "store.writer": "CheckpointWriter write_logits",
     "store.reader": "LogitsStore open_store",
     "store.validate": "PartReport ValidationReport validate",
-    "store.importing": "ImportedCheckpoint import_files read_array_file",
+    "store.importing": "ImportedCheckpoint import_files",
+    "store.arrays": "read_array_file",
     "measures.softlabels": (
         "DEFAULT_OEMC_DELTA correct dark_mass effective_classes entropy log_dark_mass "
         "log_probs margin nckd_weight nll nontarget_entropy nontarget_log_probs "
@@ -171,8 +172,9 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
     from kdlens.report.build import build_report
     from kdlens.report.data import ReportData, collect_report_data
     from kdlens.report.render import export_charts
+    from kdlens.store.arrays import read_array_file
     from kdlens.store.format import FORMAT_VERSION, Batch, Part, arrow_schema
-    from kdlens.store.importing import ImportedCheckpoint, import_files, read_array_file
+    from kdlens.store.importing import ImportedCheckpoint, import_files
     from kdlens.store.reader import LogitsStore, open_store
     from kdlens.store.validate import PartReport, ValidationReport, validate
     from kdlens.store.writer import CheckpointWriter, write_logits

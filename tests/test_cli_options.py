@@ -86,16 +86,16 @@ def _targets(command: str) -> list[tuple[Any, dict[str, str]]]:
 #: Options that feed no library parameter (output format, where the CLI writes, ...).
 CLI_ONLY: dict[str, set[str]] = {
     "analyze": {"output", "as_json", "per_example", "quiet"},
-    "controls": set(),
-    "recommend": {"as_json"},
+    "controls": {"as_json", "quiet"},
+    "recommend": {"as_json", "quiet"},
     "report": {"quiet"},
-    "compare": {"as_json"},
-    "graph": {"output", "hierarchy"},  # graph: write_graph's path; the hierarchy's file
-    "validate": {"as_json"},
-    "import": set(),
-    "dump": {"from_checkpoints", "quiet"},
+    "compare": {"as_json", "quiet"},
+    "graph": {"output", "hierarchy", "as_json", "quiet"},  # graph: write_graph's path; ...
+    "validate": {"as_json", "quiet"},
+    "import": {"as_json", "quiet"},
+    "dump": {"from_checkpoints", "quiet", "as_json"},
     # distill: the CLI writes to ./students by default, the library writes nothing.
-    "distill": {"out", "quiet"},
+    "distill": {"out", "quiet", "as_json"},
     "demo": {"quiet"},
 }
 

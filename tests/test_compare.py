@@ -162,7 +162,7 @@ def test_cli_compare_and_graph(tmp_path):
             str(tmp_path / "real"),
             str(tmp_path / "ctrl"),
             "--json",
-            "--n-bootstrap",
+            "--bootstrap",
             "300",
         ],
     )

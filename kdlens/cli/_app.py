@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
+from kdlens.cli._render import console, err_console, labelled, say
 from kdlens.errors import KdlensError
 
 app = typer.Typer(
@@ -23,15 +23,14 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["app", "cli_flags", "cli_words", "console", "err_console", "fail", "handle_errors"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 2) -> None:
     """Print one line to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    labelled("error", message, style="bold red", err=True)
     raise typer.Exit(code)
 
 
@@ -82,7 +81,7 @@ def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -
     def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         # One line on stderr, as for errors: no source line or Python location.
         text = cli_words(str(message), words)
-        err_console.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+        labelled("warning", text, style="bold yellow", err=True)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -93,7 +92,7 @@ def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -
         except KdlensError as exc:
             fail(cli_words(str(exc), words), exc.exit_code)
         except KeyboardInterrupt:
-            err_console.print("interrupted")
+            say("interrupted", err=True)
             sys.exit(130)
         finally:
             warnings.showwarning = shown

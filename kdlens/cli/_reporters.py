@@ -1,10 +1,11 @@
-"""How `kdlens dump` and `kdlens distill` show the harness's progress (rich, on the console)."""
+"""How `kdlens dump` and `kdlens distill` show the harness's progress (rich, on stderr)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from kdlens.cli._app import cli_words, console
+from kdlens.cli._app import cli_words
+from kdlens.cli._render import err_console
 
 if TYPE_CHECKING:
     from kdlens.harness.train import RunResult
@@ -28,7 +29,7 @@ class RichReporter:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=console,
+            console=err_console,
             transient=True,
             disable=quiet,
         )
@@ -44,7 +45,9 @@ class RichReporter:
 
     def message(self, text: str) -> None:
         if not self.quiet:  # library messages name parameters: say them as flags
-            self.progress.console.print(cli_words(text, self.flags), highlight=False)
+            self.progress.console.print(
+                cli_words(text, self.flags), markup=False, highlight=False, soft_wrap=True
+            )
 
     def run_started(self, run: str, *, epochs: int, start_epoch: int) -> None:
         if self.epoch_task is not None:
@@ -71,11 +74,34 @@ class RichReporter:
         self.progress.advance(self.runs_task)
 
 
-class LineReporter:
-    """One line per message; nothing per epoch."""
+class StudentsProgress:
+    """`kdlens distill`'s progress: a spinner counting students, one line per student."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed:,.0f} students trained"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=quiet or not err_console.is_terminal,
+        )
+        self.task = self.progress.add_task("students", total=None)
+
+    def __enter__(self) -> StudentsProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
 
     def message(self, text: str) -> None:
-        console.print(text, highlight=False)
+        self.progress.advance(self.task)
+        if not self.quiet:
+            self.progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def run_started(self, run: str, *, epochs: int, start_epoch: int) -> None: ...
     def epoch_done(self, run: str, epoch: int, metrics: dict[str, float]) -> None: ...

@@ -10,7 +10,8 @@ from typing import Any
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, console, err_console, handle_errors
+from kdlens.cli._app import app, handle_errors
+from kdlens.cli._render import cell, console, json_rows, progress_bar, say, show, title
 
 # Library modules (numpy, polars, scipy, ...) and rich's widgets are imported inside the
 # command bodies: typer needs only the signatures, so `kdlens --help` starts at once.
@@ -19,7 +20,9 @@ from kdlens.cli._app import app, console, err_console, handle_errors
 #: tests/test_cli_options.py checks it equals kdlens.hypotheses.controls.CONTROL_KINDS.
 CONTROL_KINDS = ("ls", "permuted", "class-mean")
 
-#: Summary columns shown in the terminal table (all of them go to the files / --json).
+#: Summary columns the terminal table can show, in the order shown, with their headers.
+#: All of them go to the files and to --json; the superclass and reference columns exist
+#: only with --hierarchy / --reference-probs.
 _SHOWN = (
     ("accuracy", "acc"),
     ("nll", "nll"),
@@ -29,30 +32,13 @@ _SHOWN = (
     ("instance_information", "II"),
     ("structure_p_value", "p"),
     ("fitted_temperature", "T*"),
+    ("superclass_ari", "ARI"),
+    ("superclass_nmi", "NMI"),
+    ("reference_similarity_spearman", "ref rho"),
+    ("reference_kl", "ref KL"),
 )
-
-
-def _progress(quiet: bool) -> Any:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from kdlens._internal.progress import NullProgress
-
-    if quiet:
-        return NullProgress()
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+#: Which columns go first when the terminal is too narrow for all (least needed first).
+_DROP_ORDER = ("OEMC", "II", "T*", "p", "SI", "dark", "nll", "ref KL", "NMI")
 
 
 def _fmt(v: Any) -> str:
@@ -63,6 +49,25 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _fit_columns(columns: list[tuple[str, list[str]]], width: int) -> tuple[list[int], list[str]]:
+    """Indices of the columns that fit in ``width`` characters, and the headers left out.
+
+    Each column takes its widest cell plus its padding (two spaces); columns go in ``_DROP_ORDER``
+    (the identifying ones and acc never) until the rest fit.
+    """
+    need = {i: max(len(h), *(len(c) for c in cells)) + 2 for i, (h, cells) in enumerate(columns)}
+    keep = list(range(len(columns)))
+    left_out: list[str] = []
+    for header in _DROP_ORDER:
+        if sum(need[i] for i in keep) <= width:
+            break
+        i = next((i for i in keep if columns[i][0] == header), None)
+        if i is not None:
+            keep.remove(i)
+            left_out.append(header)
+    return keep, left_out
+
+
 @app.command("analyze")
 @handle_errors
 def analyze_command(
@@ -71,7 +76,6 @@ def analyze_command(
         Path("kdlens-analysis"),
         "-o",
         "--out",
-        "--output",
         help="Directory for summary/classes/similarity/edges/calibration .parquet.",
     ),
     temperature: float = typer.Option(
@@ -115,14 +119,9 @@ def analyze_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table."),
 ) -> None:
     """Measure soft-label quality of every checkpoint: entropy, dark mass, SI/II, OEMC, ECE."""
-    from rich import box
-    from rich.table import Table
-
-    from kdlens._internal.progress import NullProgress
     from kdlens.analysis.engine import analyze_into
 
-    progress = _progress(quiet or as_json)
-    with _Nothing() if isinstance(progress, NullProgress) else progress:
+    with progress_bar(quiet or as_json) as progress:
         result, paths = analyze_into(
             output,
             store,
@@ -139,43 +138,50 @@ def analyze_command(
             progress=progress,
         )
     if as_json:
-        rows = [{k: _clean(v) for k, v in r.items()} for r in result.summary.iter_rows(named=True)]
+        rows = json_rows(result.summary)
         typer.echo(json.dumps({"temperature": result.temperature, "rows": rows}))
         return
     if quiet:
         return
+    _render_summary(result.summary, result.temperature)
+    where = ", ".join(p.name for p in paths.values())
+    extra = f" and {result.examples_path.name}" if result.examples_path is not None else ""
+    say(f"wrote {where}{extra} to {output}")
+
+
+def _render_summary(summary: Any, temperature: float) -> None:
+    """The summary table at the terminal's width; says which columns did not fit."""
+    from rich import box
+    from rich.table import Table
+
+    ids = ("run", "checkpoint", "split", "n")
+    shown = [(c, h) for c, h in _SHOWN if c in summary.columns]
+    rows = list(summary.iter_rows(named=True))
+    columns = [(name, [str(r[name]) for r in rows]) for name in ids]
+    columns += [(h, [_fmt(r.get(c)) for r in rows]) for c, h in shown]
+    keep, left_out = _fit_columns(columns, console.width)
     table = Table(
-        title=f"kdlens analyze (T = {result.temperature:g}; p = structure test, "
-        "T* = fitted temperature)",
+        title=title(
+            f"kdlens analyze (T = {temperature:g}; p = structure test, T* = fitted temperature)"
+        ),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         padding=(0, 1),
         collapse_padding=True,
     )
-    for name in ("run", "checkpoint", "split"):
-        width = min(16, max([len(name)] + [len(str(v)) for v in result.summary[name]]))
-        table.add_column(name, overflow="fold", min_width=width)
-    table.add_column("n", justify="right", no_wrap=True)
-    shown = [(c, h) for c, h in _SHOWN if c in result.summary.columns]
-    for _, header in shown:
-        table.add_column(header, justify="right", no_wrap=True)
-    for r in result.summary.iter_rows(named=True):
-        table.add_row(
-            r["run"], r["checkpoint"], r["split"], str(r["n"]), *[_fmt(r.get(c)) for c, _ in shown]
+    for i in keep:
+        header = columns[i][0]
+        table.add_column(header, justify="left" if header in ids[:3] else "right", no_wrap=True)
+    for j in range(len(rows)):
+        table.add_row(*[cell(columns[i][1][j]) for i in keep])
+    show(table)
+    if left_out:
+        say(
+            f"left out for width ({console.width} columns): {', '.join(left_out)}; "
+            "a wider terminal, --json or the written summary.parquet have every column",
+            wrap=True,
         )
-    console.print(table)
-    where = ", ".join(p.name for p in paths.values())
-    extra = f" and {result.examples_path.name}" if result.examples_path is not None else ""
-    console.print(f"wrote {where}{extra} to {output}", highlight=False)
-
-
-class _Nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @app.command("controls")
@@ -183,14 +189,16 @@ class _Nothing:
 def controls_command(
     store: str = typer.Argument(..., help="Logits store of the source teacher checkpoints."),
     kind: str = typer.Option(..., "--kind", help=f"Control teacher: {' | '.join(CONTROL_KINDS)}."),
-    output: Path = typer.Option(
-        ..., "-o", "--out", "--output", help="Directory for the control store."
-    ),
+    output: Path = typer.Option(..., "-o", "--out", help="Directory for the control store."),
     temperature: float = typer.Option(
         1.0, "--temperature", "-T", help="Temperature T at which the control is defined."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the 'permuted' control."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print {"kind", "temperature", "files": [...]} as JSON on stdout.'
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Write control teachers (LS-equivalent, permuted, class-mean) as an ordinary logits store."""
     from kdlens.hypotheses.controls import make_controls
@@ -198,7 +206,8 @@ def controls_command(
     paths = make_controls(
         store, output, kind=kind, temperature=temperature, seed=seed, overwrite=overwrite
     )
-    console.print(
-        f"wrote {len(paths)} control checkpoint file(s) ({kind}, T = {temperature:g}) to {output}",
-        highlight=False,
-    )
+    if as_json:
+        doc = {"kind": kind, "temperature": temperature, "files": [str(p) for p in paths]}
+        typer.echo(json.dumps(doc, indent=2))
+    elif not quiet:
+        say(f"wrote {len(paths)} control file(s) ({kind}, T = {temperature:g}) to {output}")

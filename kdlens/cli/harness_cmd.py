@@ -6,10 +6,14 @@ other command work without it.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
 
-from kdlens.cli._app import app, cli_flags, console, handle_errors
-from kdlens.cli._reporters import LineReporter, RichReporter
+from kdlens.cli._app import app, cli_flags, handle_errors
+from kdlens.cli._render import cell, json_rows, say, show, title
+from kdlens.cli._reporters import RichReporter
 from kdlens.errors import InputError
 
 # The option defaults below restate DumpConfig's and StudentConfig's (importing them needs
@@ -19,7 +23,7 @@ from kdlens.errors import InputError
 DUMPCONFIG_NOT_ON_CLI = frozenset({"dump_batch_size", "num_threads"})
 #: `kdlens dump` options that are not DumpConfig fields: the output, the
 #: --from-checkpoints mode and its run name, and how to treat existing output.
-DUMP_NOT_IN_CONFIG = frozenset({"out", "from_checkpoints", "run", "overwrite", "quiet"})
+DUMP_NOT_IN_CONFIG = frozenset({"out", "from_checkpoints", "run", "overwrite", "quiet", "as_json"})
 #: `kdlens distill` option -> the StudentConfig field it sets.
 STUDENT_OPTIONS = {
     "student": "model",
@@ -141,14 +145,15 @@ def dump_cmd(
         False, "--overwrite", help="Replace output with a different configuration."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-epoch lines."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the runs (or the files written) as JSON on stdout."
+    ),
 ) -> None:
     """Train a teacher grid (batch sizes x seeds) and dump every split's logits at each checkpoint.
 
     Re-running the same command skips finished checkpoints and resumes interrupted runs.
     """
     _need_torch()
-    from rich.table import Table
-
     from kdlens.harness.dump import dump, dump_checkpoints, summarize_runs
     from kdlens.harness.train import DumpConfig
 
@@ -159,7 +164,7 @@ def dump_cmd(
     }
     hid = _ints(hidden, "hidden") or ()
     if from_checkpoints:
-        with RichReporter(0, quiet, cli_flags(dump_cmd)) as rep:
+        with RichReporter(0, quiet or as_json, cli_flags(dump_cmd)) as rep:
             files = dump_checkpoints(
                 from_checkpoints,
                 out,
@@ -174,7 +179,10 @@ def dump_cmd(
                 reporter=rep,
                 **sizes,  # type: ignore[arg-type]
             )
-        console.print(f"wrote {len(files)} checkpoint file(s) under {out}/{run}")
+        if as_json:
+            typer.echo(json.dumps({"store": out, "run": run, "files": [str(f) for f in files]}))
+        elif not quiet:
+            say(f"wrote {len(files)} checkpoint file(s) under {out}/{run}")
         return
     cfg = DumpConfig(
         dataset=dataset,
@@ -199,32 +207,52 @@ def dump_cmd(
         **sizes,  # type: ignore[arg-type]
     )
     cfg.validate()
-    with RichReporter(len(cfg.batch_sizes) * len(cfg.seeds), quiet, cli_flags(dump_cmd)) as rep:
+    total_runs = len(cfg.batch_sizes) * len(cfg.seeds)
+    with RichReporter(total_runs, quiet or as_json, cli_flags(dump_cmd)) as rep:
         results = dump(out, cfg, overwrite=overwrite, reporter=rep)
-    df = summarize_runs(results)
-    t = Table(title=f"kdlens dump -> {out}")
-    for c in ("run", "status", "ckpts", "val acc", "train s", "dump s", "dump/train"):
+    _show_dump(summarize_runs(results), out, quiet=quiet, as_json=as_json)
+
+
+def _show_dump(df: Any, out: str, *, quiet: bool, as_json: bool) -> None:
+    """The runs table and the dump's cost, as text or JSON (one figure, one label)."""
+    from rich.table import Table
+
+    from kdlens.harness.reporting import dump_cost_line
+
+    tot_t, tot_d = float(df["train_seconds"].sum()), float(df["dump_seconds"].sum())
+    tot_w = float(df["dump_worker_seconds"].sum())
+    cost = dump_cost_line(tot_t, tot_d, tot_w)
+    if as_json:
+        rows = json_rows(df)
+        doc = {
+            "store": out,
+            "runs": rows,
+            "train_seconds": tot_t,
+            "dump_wait_seconds": tot_d,
+            "dump_work_seconds": tot_w,
+            "summary": cost,
+        }
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    if quiet:
+        say(cost)
+        return
+    t = Table(title=title(f"kdlens dump -> {out}"))
+    for c in ("run", "status", "ckpts", "val acc", "train s", "dump cost"):
         t.add_column(c, justify="left" if c in ("run", "status") else "right", no_wrap=c == "run")
     for r in df.iter_rows(named=True):
+        wait = r["dump_overhead"]
         t.add_row(
-            r["run"],
-            r["status"],
+            cell(r["run"]),
+            cell(r["status"]),
             str(r["checkpoints"]),
             "-" if r["final_val_acc"] is None else f"{r['final_val_acc']:.4f}",
             f"{r['train_seconds']:.2f}",
-            f"{r['dump_seconds']:.3f}",
-            "-" if r["dump_overhead"] != r["dump_overhead"] else f"{100 * r['dump_overhead']:.2f}%",
+            "-" if wait is None or wait != wait else f"{100 * wait:.2f} %",
         )
-    if not quiet:
-        console.print(t)
-    tot_t, tot_d = float(df["train_seconds"].sum()), float(df["dump_seconds"].sum())
-    ratio = f"{100 * tot_d / tot_t:.2f}%" if tot_t > 0 else "-"
-    tot_w = float(df["dump_worker_seconds"].sum())
-    work = f"{100 * tot_w / tot_t:.2f}%" if tot_t > 0 else "-"
-    console.print(
-        f"dump cost: {work} of training time (the dump work, done on a writer thread beside "
-        f"training); training itself waited {ratio} for it; store: {out}"
-    )
+    show(t)
+    say(cost)
+    say(f"store: {out}")
 
 
 @app.command("distill")
@@ -273,13 +301,16 @@ def distill_cmd(
     ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the results table."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the results (one row per student) as JSON on stdout."
+    ),
 ) -> None:
     """Train small students offline from STORED teacher logits and report their test accuracy."""
     _need_torch()
     from rich.table import Table
 
+    from kdlens.cli._reporters import StudentsProgress
     from kdlens.harness.distill import StudentConfig, distill
-    from kdlens.harness.train import QuietReporter
 
     sc = StudentConfig(
         model=student,
@@ -288,25 +319,32 @@ def distill_cmd(
         lr=student_lr,
         batch_size=student_batch_size,
     )
-    rep = QuietReporter() if quiet else LineReporter()
-    df = distill(
-        store,
-        out,
-        checkpoint=checkpoint,
-        run=run,
-        all_checkpoints=all_checkpoints,
-        temperature=temperature,
-        alpha=alpha,
-        seeds=_ints(seeds, "seeds") or (),
-        plain=plain,
-        student=sc,
-        dataset=dataset,
-        device=device,
-        reporter=rep,
-    )
+    with StudentsProgress(quiet or as_json) as rep:
+        df = distill(
+            store,
+            out,
+            checkpoint=checkpoint,
+            run=run,
+            all_checkpoints=all_checkpoints,
+            temperature=temperature,
+            alpha=alpha,
+            seeds=_ints(seeds, "seeds") or (),
+            plain=plain,
+            student=sc,
+            dataset=dataset,
+            device=device,
+            reporter=rep,
+        )
+    if as_json:
+        rows = json_rows(df)
+        doc = {"results": f"{out}/results.parquet", "logits": f"{out}/logits/", "students": rows}
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
     t = Table(
-        title=f"student test accuracy ({sc.model}, T={temperature:g}, "
-        f"alpha={0.0 if plain else alpha:g})"
+        title=title(
+            f"student test accuracy ({sc.model}, T={temperature:g}, "
+            f"alpha={0.0 if plain else alpha:g})"
+        )
     )
     for c in ("teacher", "ckpt", "epoch", "bs", "seed", "teacher acc", "student acc"):
         t.add_column(
@@ -314,8 +352,8 @@ def distill_cmd(
         )
     for r in df.iter_rows(named=True):
         t.add_row(
-            r["run"] or "(none)",
-            r["checkpoint"] or "-",
+            cell(r["run"] or "(none)"),
+            cell(r["checkpoint"] or "-"),
             _s(r["epoch"]),
             _s(r["batch_size"]),
             str(r["seed"]),
@@ -324,8 +362,8 @@ def distill_cmd(
             else f"{r['teacher_test_acc']:.4f}",
             f"{r['student_test_acc']:.4f}",
         )
-    console.print(t)
-    console.print(f"results: {out}/results.parquet; student logits: {out}/logits/")
+    show(t)
+    say(f"results: {out}/results.parquet; student logits: {out}/logits/")
 
 
 def _s(v: object) -> str:

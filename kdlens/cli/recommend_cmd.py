@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, console, handle_errors
+from kdlens.cli._app import app, handle_errors
+from kdlens.cli._render import cell, console, esc, labelled, progress_bar, say, title
 
 if TYPE_CHECKING:  # imported in the bodies, so that --help starts at once
     import polars as pl
@@ -44,13 +45,26 @@ def recommend_cmd(
         help="Bootstrap replicates over examples (0 = no uncertainty).",
     ),
     seed: int = typer.Option(defaults.BOOTSTRAP_SEED, "--seed", help="Seed of the bootstrap."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress display; print only the recommendation."
+    ),
 ) -> None:
     """Rank every checkpoint for distillation; exit 1 when there is nothing to rank."""
     from kdlens.recommend.rank import recommend
 
-    rec = recommend(source, temperature=temperature, n_bootstrap=n_bootstrap, seed=seed, top=top)
+    with progress_bar(quiet or as_json) as progress:
+        rec = recommend(
+            source,
+            temperature=temperature,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            top=top,
+            progress=progress,
+        )
     if as_json:
         typer.echo(json.dumps(rec.to_dict(), indent=2, default=str))
+    elif quiet:
+        _render_verdict(rec)
     else:
         _render(rec)
     if not rec.ok:
@@ -69,11 +83,11 @@ def _render(rec: Recommendation) -> None:
     from rich.table import Table
 
     console.print(
-        f"[bold]kdlens recommend[/] {rec.source}  (T = {rec.temperature:g}, "
+        f"[bold]kdlens recommend[/] {esc(rec.source)}  (T = {rec.temperature:g}, "
         f"bootstrap = {rec.n_bootstrap}, basis: {rec.basis})",
         highlight=False,
     )
-    t = Table(title="ranking (best first)")
+    t = Table(title=title("ranking (best first)"))
     # Essential columns always; the signals behind the score only where they fit.
     wide = console.width >= 140
     cols = ["rank", "run/checkpoint", "batch", "epoch", "score", "P(best)", "held-out acc"]
@@ -97,7 +111,7 @@ def _render(rec: Recommendation) -> None:
     for r in rec.ranking.iter_rows(named=True):
         cells = [
             _f(r["rank"], "{}"),
-            f"{r['run']}/{r['checkpoint']}",
+            cell(f"{r['run']}/{r['checkpoint']}"),
             _f(r["batch_size"], "{}"),
             _f(r["epoch"], "{}"),
             _f(r["score"]),
@@ -120,20 +134,19 @@ def _render(rec: Recommendation) -> None:
             ]
         t.add_row(*cells, style="bold green" if r["rank"] == 1 else None)
     console.print(t)
-    if rec.ok:
-        console.print(f"[bold green]recommended:[/] {rec.reason}", highlight=False)
-    else:
-        console.print(f"[bold red]nothing recommended:[/] {rec.reason}", highlight=False)
+    _render_verdict(rec)
     for a in rec.advice:
-        console.print(f"[bold cyan]next experiment:[/] {a}", highlight=False)
+        labelled("next experiment", a, style="bold cyan")
     if rec.pareto.height and rec.ok:
-        p = Table(title="Pareto front: held-out accuracy vs transfer-split similarity information")
+        p = Table(
+            title=title("Pareto front: held-out accuracy vs transfer-split similarity information")
+        )
         for c in ("run", "checkpoint", "held-out acc", "SI (transfer)", "rank"):
             p.add_column(c)
         for r in rec.pareto.iter_rows(named=True):
             p.add_row(
-                r["run"],
-                r["checkpoint"],
+                cell(r["run"]),
+                cell(r["checkpoint"]),
                 _f(r["accuracy_heldout"], "{:.2%}"),
                 _f(r["similarity_information_transfer"], "{:.3g}"),
                 _f(r["rank"], "{}"),
@@ -141,8 +154,15 @@ def _render(rec: Recommendation) -> None:
         console.print(p)
     _render_map(rec.sweet_spot)
     for n in rec.notes:
-        console.print(f"[yellow]note:[/] {n}", highlight=False)
-    console.print(f"[dim]{rec.score_definition} (w = {rec.collapse_weight:g})[/]", highlight=False)
+        labelled("note", n, style="yellow")
+    say(f"{rec.score_definition} (w = {rec.collapse_weight:g})", style="dim")
+
+
+def _render_verdict(rec: Recommendation) -> None:
+    if rec.ok:
+        labelled("recommended", rec.reason, style="bold green")
+    else:
+        labelled("nothing recommended", rec.reason, style="bold red")
 
 
 def _render_map(sweet: pl.DataFrame) -> None:
@@ -154,21 +174,23 @@ def _render_map(sweet: pl.DataFrame) -> None:
     rows = sorted(sweet["row"].unique().to_list())
     cols = sorted(sweet["column"].unique().to_list())
     m = Table(
-        title=f"sweet-spot map: score by {row_axis} x {col_axis} (* = recommended, . = missing)"
+        title=title(
+            f"sweet-spot map: score by {row_axis} x {col_axis} (* = recommended, . = missing)"
+        )
     )
-    m.add_column(f"{row_axis} \\ {col_axis}", justify="right")
+    m.add_column(cell(f"{row_axis} \\ {col_axis}"), justify="right")
     for c in cols:
-        m.add_column(str(c), justify="right")
-    cell = {(r["row"], r["column"]): r for r in sweet.iter_rows(named=True)}
+        m.add_column(cell(c), justify="right")
+    at = {(r["row"], r["column"]): r for r in sweet.iter_rows(named=True)}
     for rv in rows:
         out = []
         for cv in cols:
-            r = cell.get((rv, cv))
+            r = at.get((rv, cv))
             if r is None or r["missing"]:
                 out.append("[dim].[/]")
             elif r["recommended"]:
                 out.append(f"[bold green]*{r['score']:.4f}[/]")
             else:
                 out.append(f"{r['score']:.4f}")
-        m.add_row(str(rv), *out)
+        m.add_row(cell(rv), *out)
     console.print(m)

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, console, err_console, handle_errors
+from kdlens.cli._app import app, handle_errors
+from kdlens.cli._render import say, status_line
 
 
 @app.command("report")
@@ -41,6 +42,8 @@ def report_cmd(
     n_bootstrap: int = typer.Option(
         defaults.N_BOOTSTRAP,
         "--bootstrap",
+        "-B",
+        min=0,
         help="Bootstrap replicates of the ranking when a store is given (0 = none).",
     ),
     png_dir: Path | None = typer.Option(
@@ -52,26 +55,23 @@ def report_cmd(
     """Write a self-contained HTML report (works offline) of a store or an analysis."""
     from kdlens.report.build import build_report
 
-    progress = (
-        (lambda _: None)
-        if quiet
-        else (lambda m: err_console.print(f"[dim]{m}[/]", highlight=False))
-    )
-    path = build_report(
-        source,
-        out,
-        temperature=temperature,
-        store=store,
-        checkpoint=checkpoint,
-        students=students,
-        n_bootstrap=n_bootstrap,
-        png_dir=png_dir,
-        title=title,
-        progress=progress,
-    )
+    spinner, progress = status_line(quiet)
+    with spinner:
+        path = build_report(
+            source,
+            out,
+            temperature=temperature,
+            store=store,
+            checkpoint=checkpoint,
+            students=students,
+            n_bootstrap=n_bootstrap,
+            png_dir=png_dir,
+            title=title,
+            progress=progress,
+        )
     if png_dir is not None and not quiet:
-        err_console.print(f"charts written to {png_dir}/ (PNG and SVG)", highlight=False)
-    console.print(str(path), highlight=False, soft_wrap=True)
+        say(f"charts written to {png_dir}/ (PNG and SVG)", err=True)
+    say(path)
 
 
 @app.command("demo")
@@ -94,14 +94,14 @@ def demo_cmd(
     """Run the whole pipeline on sklearn's digits: dump a grid, analyse, recommend, report."""
     from kdlens.harness.demo import run_demo
 
-    progress = (lambda _: None) if quiet else (lambda m: err_console.print(m, highlight=False))
+    progress = (lambda _: None) if quiet else (lambda m: say(m, err=True))
     result = run_demo(out, quick=quick, overwrite=overwrite, png=png, progress=progress)
     if not quiet:
         s = result.seconds
-        err_console.print(
+        say(
             f"recommended: {result.recommended or 'none'}; took {s['total']:.0f} s "
             f"(dump {s['dump']:.0f}, analyze {s['analyze']:.0f}, recommend {s['recommend']:.0f}, "
             f"report {s['report']:.0f})",
-            highlight=False,
+            err=True,
         )
-    console.print(str(result.report), highlight=False, soft_wrap=True)
+    say(result.report)

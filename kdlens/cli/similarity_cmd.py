@@ -8,7 +8,8 @@ from pathlib import Path
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, console, handle_errors
+from kdlens.cli._app import app, handle_errors
+from kdlens.cli._render import cell, console, esc, say, show, title
 from kdlens.errors import InputError
 
 # Library modules and rich's widgets are imported inside the command bodies, so that
@@ -30,13 +31,18 @@ def compare_command(
     ),
     split: str = typer.Option("test", "--split", help="Split the students are evaluated on."),
     n_bootstrap: int = typer.Option(
-        defaults.COMPARE_N_BOOTSTRAP, "--n-bootstrap", help="Bootstrap resamples for the CI."
+        defaults.COMPARE_N_BOOTSTRAP,
+        "--bootstrap",
+        "-B",
+        min=0,
+        help="Bootstrap resamples of the accuracy difference's CI.",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed of the bootstrap."),
     alpha: float = typer.Option(
         defaults.ALPHA, "--alpha", help="Significance level of the verdict."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict line."),
 ) -> None:
     """Knowledge distillation or regularization? Compare two sets of students."""
     from rich import box
@@ -55,35 +61,39 @@ def compare_command(
     if as_json:
         doc = result.to_dict()
         doc["students"] = frame.to_dicts()
-        console.print_json(json.dumps(doc))
+        typer.echo(json.dumps(doc, indent=2, default=str))
         return
-    table = Table(box=box.SIMPLE, title=f"students on split {split!r}")
+    colour = "green" if result.verdict == KNOWLEDGE_DISTILLATION else "yellow"
+    verdict = f"verdict: [bold {colour}]{esc(result.verdict)}[/] ({esc(result.reason)})"
+    if quiet:
+        console.print(verdict, highlight=False, soft_wrap=True)
+        return
+    table = Table(box=box.SIMPLE, title=title(f"students on split {split!r}"))
     for col in ("side", "run", "checkpoint", "seed", "n", "accuracy"):
         table.add_column(col, justify="right" if col in ("n", "accuracy") else "left")
     for row in frame.iter_rows(named=True):
         table.add_row(
-            row["side"],
-            row["run"],
-            row["checkpoint"],
-            row["seed"] or "-",
+            cell(row["side"]),
+            cell(row["run"]),
+            cell(row["checkpoint"]),
+            cell(row["seed"] or "-"),
             f"{row['n']:,}",
             f"{row['accuracy']:.4f}",
         )
-    console.print(table)
+    show(table)
     pct = int(round(result.confidence * 100))
-    console.print(
+    say(
         f"accuracy real {result.accuracy_a:.4f} vs control {result.accuracy_b:.4f}: "
         f"difference {result.difference:+.4f} ({pct}% CI {result.ci_low:+.4f} to "
         f"{result.ci_high:+.4f})"
     )
-    console.print(
+    say(
         f"McNemar exact p = {result.mcnemar_p:.3g} (only real right: {result.a_only_correct}, "
         f"only control right: {result.b_only_correct})"
     )
     if result.seed_test is not None:
-        console.print(f"{result.seed_test} over seeds: p = {result.seed_p:.3g}")
-    colour = "green" if result.verdict == KNOWLEDGE_DISTILLATION else "yellow"
-    console.print(f"verdict: [bold {colour}]{result.verdict}[/] ({result.reason})", highlight=False)
+        say(f"{result.seed_test} over seeds: p = {result.seed_p:.3g}")
+    console.print(verdict, highlight=False, soft_wrap=True)
 
 
 @app.command("graph")
@@ -96,7 +106,6 @@ def graph_command(
         ...,
         "-o",
         "--out",
-        "--output",
         help="Output file: .graphml, .json (node-link) or .parquet (edges).",
     ),
     split: str = typer.Option("test", "--split", help="Split to compute class similarity on."),
@@ -115,6 +124,10 @@ def graph_command(
     n_clusters: int = typer.Option(
         None, "--clusters", help="Number of class clusters (default: number of superclasses)."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the graph's summary (classes, edges, SI, II) as JSON."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
 ) -> None:
     """Write the class similarity graph of one checkpoint (nodes = classes)."""
     from kdlens.measures.similarity import read_hierarchy, store_class_graph, write_graph
@@ -148,13 +161,30 @@ def graph_command(
         temperature=temperature,
     )
     res = g.result
-    console.print(
+    if as_json:
+        doc = {
+            "output": str(output),
+            "run": run,
+            "checkpoint": checkpoint,
+            "split": split,
+            "temperature": temperature,
+            "num_classes": res.num_classes,
+            "edges": g.edges.height,
+            "similarity_information": res.similarity_information,
+            "instance_information": res.instance_information,
+            "superclass_recovery": g.recovery,
+        }
+        typer.echo(json.dumps(doc, indent=2, default=str))
+        return
+    if quiet:
+        return
+    say(
         f"{output}: {res.num_classes} classes, {g.edges.height} edges; "
         f"SI = {res.similarity_information:.4f}, II = {res.instance_information:.4f} "
         f"(T = {temperature:g})"
     )
     if g.recovery is not None:
-        console.print(
+        say(
             f"superclass recovery: ARI = {g.recovery['ari']:.3f}, NMI = {g.recovery['nmi']:.3f} "
             f"({g.recovery['n_clusters']} clusters)"
         )

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from kdlens._version import __version__
-from kdlens.cli._app import app, console, handle_errors
+from kdlens.cli._app import app, handle_errors
+from kdlens.cli._render import cell, labelled, progress_bar, say, show, title
 
 if TYPE_CHECKING:  # imported in the bodies, so that --help imports no numerical library
     from kdlens.store.validate import ValidationReport
@@ -21,7 +22,7 @@ KINDS = ("logits", "probs", "log-probs")
 
 def _version(value: bool) -> None:
     if value:
-        console.print(f"kdlens {__version__}")
+        say(f"kdlens {__version__}")
         raise typer.Exit()
 
 
@@ -50,6 +51,9 @@ def _root(
 def validate_cmd(
     store: str = typer.Argument(..., help="A Parquet file, a directory of them, or a glob."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print only the problems; the exit code says the rest."
+    ),
 ) -> None:
     """Check a logits store: exit 0 when valid, 1 when problems are found, 2 when unreadable."""
     from kdlens.store.validate import validate
@@ -57,6 +61,8 @@ def validate_cmd(
     report = validate(store)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    elif quiet:
+        _render_problems(report)
     else:
         _render(report)
     raise typer.Exit(report.exit_code)
@@ -66,26 +72,29 @@ def _render(r: ValidationReport) -> None:
     from rich.table import Table
 
     if r.files == 0:  # nothing readable: the reasons are all there is to say
-        for u in r.unreadable:
-            console.print(f"[bold red]unreadable:[/] {u}", highlight=False, soft_wrap=True)
+        _render_problems(r)
         return
     head = Table.grid(padding=(0, 2))
-    head.add_row("store", r.source)
+    head.add_row("store", cell(r.source))
     head.add_row("files", str(r.files))
     head.add_row("format version", ", ".join(r.format_versions) or "-")
     head.add_row("classes (K)", str(r.num_classes))
     names = r.class_names
     head.add_row(
-        "class names", (", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) if names else "-"
+        "class names",
+        cell((", ".join(names[:8]) + (" ..." if len(names) > 8 else "")) if names else "-"),
     )
     head.add_row(
-        "runs", f"{len(r.runs)}: " + ", ".join(r.runs[:6]) + (" ..." if len(r.runs) > 6 else "")
+        "runs",
+        cell(f"{len(r.runs)}: " + ", ".join(r.runs[:6]) + (" ..." if len(r.runs) > 6 else "")),
     )
     head.add_row("checkpoints", str(r.checkpoints))
-    head.add_row("rows per split", ", ".join(f"{s}={n:,}" for s, n in sorted(r.splits.items())))
-    console.print(head)
+    head.add_row(
+        "rows per split", cell(", ".join(f"{s}={n:,}" for s, n in sorted(r.splits.items())))
+    )
+    show(head)
     if r.parts:
-        t = Table(title="parts", show_lines=False)
+        t = Table(title=title("parts"), show_lines=False)
         for col in ("run", "checkpoint", "split", "rows", "labels", "NaN", "Inf", "dup ids"):
             t.add_column(
                 col, justify="right" if col not in ("run", "checkpoint", "split") else "left"
@@ -94,9 +103,9 @@ def _render(r: ValidationReport) -> None:
         for p in shown:
             lab = "-" if p.label_min is None else f"{p.label_min}..{p.label_max}"
             t.add_row(
-                p.run,
-                p.checkpoint,
-                p.split,
+                cell(p.run),
+                cell(p.checkpoint),
+                cell(p.split),
                 f"{p.rows:,}",
                 lab,
                 str(p.nan),
@@ -104,14 +113,18 @@ def _render(r: ValidationReport) -> None:
                 str(p.duplicate_ids),
             )
         if len(r.parts) > 40:
-            t.caption = f"... {len(r.parts) - 40} more parts (use --json for all)"
-        console.print(t)
-    for u in r.unreadable:
-        console.print(f"[bold red]unreadable:[/] {u}", highlight=False, soft_wrap=True)
-    for msg in r.problems:
-        console.print(f"[bold yellow]problem:[/] {msg}", highlight=False, soft_wrap=True)
+            t.caption = title(f"... {len(r.parts) - 40} more parts (use --json for all)")
+        show(t)
+    _render_problems(r)
     if r.ok:
-        console.print("[bold green]valid[/]")
+        say("valid", style="bold green")
+
+
+def _render_problems(r: ValidationReport) -> None:
+    for u in r.unreadable:
+        labelled("unreadable", u, style="bold red")
+    for msg in r.problems:
+        labelled("problem", msg, style="bold yellow")
 
 
 @app.command("import")
@@ -143,29 +156,61 @@ def import_cmd(
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
-        help="Write into a non-empty directory, replacing checkpoints of the same names.",
+        help="Replace checkpoints of the same names (without it, a checkpoint that exists "
+        "gets --split added when it does not hold that split yet).",
     ),
+    epoch: int | None = typer.Option(
+        None, "--epoch", help="Training epoch of the imported checkpoints (for the grid)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Training batch size of the imported checkpoints."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the imported checkpoints as JSON on stdout."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; no output."),
 ) -> None:
     """Import logits, probabilities or log-probabilities as checkpoints of one store."""
     from kdlens.store.importing import import_files
 
-    done = import_files(
-        files,
-        out,
-        kind=kind,  # type: ignore[arg-type]  # import_files validates it
-        labels=labels,
-        split=split,
-        run=run,
-        checkpoints=checkpoints or None,
-        classes=classes,
-        key=key,
-        prob_floor=prob_floor,
-        prob_tol=prob_tol,
-        dataset=dataset,
-        model=model,
-        overwrite=overwrite,  # type: ignore[arg-type]
-    )
+    with progress_bar(quiet or as_json, unit="files") as progress:
+        done = import_files(
+            files,
+            out,
+            kind=kind,  # type: ignore[arg-type]  # import_files validates it
+            labels=labels,
+            split=split,
+            run=run,
+            checkpoints=checkpoints or None,
+            classes=classes,
+            key=key,
+            prob_floor=prob_floor,
+            prob_tol=prob_tol,
+            dataset=dataset,
+            model=model,
+            overwrite=overwrite,  # type: ignore[arg-type]
+            epoch=epoch,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    if as_json:
+        rows = [
+            {
+                "source": str(i.source),
+                "path": str(i.path),
+                "run": i.run,
+                "checkpoint": i.checkpoint,
+                "split": split,
+                "rows": i.rows,
+            }
+            for i in done
+        ]
+        doc = {"store": str(out), "kind": kind, "prob_floor": prob_floor, "checkpoints": rows}
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    if quiet:
+        return
     for item in done:
-        console.print(f"{item.source} -> {item.path} ({item.rows:,} rows)", highlight=False)
+        say(f"{item.source} -> {item.path} ({item.rows:,} rows, split {split})")
     extra = f", floor {prob_floor:g}" if kind == "probs" else ""
-    console.print(f"[green]imported {len(done)} checkpoint(s) as {kind}{extra} into {out}[/]")
+    say(f"imported {len(done)} checkpoint(s) as {kind}{extra} into {out}", style="green")

@@ -235,6 +235,7 @@ def dump_checkpoints(
         sd = extract_state_dict(load_tensors(f), f)
         load_state_dict_checked(net, sd, str(f))
         states.append(sd)
+    probe_model(net, model, data.input_shape, data.num_classes)
     net = net.to(dev)
     cl = dev.type == "cuda" and is_convnet(net)
     xs = {s: place(data[s].x, dev) for s in ("train", "val", "test")}

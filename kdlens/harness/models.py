@@ -297,7 +297,9 @@ def probe_model(model: nn.Module, name: str, input_shape: Sequence[int], num_cla
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
-            f"`model` {name!r}: a forward pass on inputs of shape {tuple(x.shape)} failed ({msg})"
+            f"`model` {name!r} does not accept the dataset's inputs: each example has shape "
+            f"{tuple(x.shape[1:])} ({int(x[0].numel())} values){_first_layer(model)}; "
+            f"a forward pass on inputs of shape {tuple(x.shape)} failed ({msg})"
         ) from None
     finally:
         model.train(was_training)
@@ -307,3 +309,13 @@ def probe_model(model: nn.Module, name: str, input_shape: Sequence[int], num_cla
             f"`model` {name!r}: expected outputs of shape (batch, {num_classes}) for "
             f"{num_classes} classes, got {got}"
         )
+
+
+def _first_layer(model: nn.Module) -> str:
+    """What the model's first Linear or Conv layer expects, as a clause ('' if neither)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            return f", the model's first layer expects {m.in_features} input features"
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return f", the model's first layer expects {m.in_channels} input channels"
+    return ""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["QuietReporter", "Reporter", "RunResult"]
+__all__ = ["QuietReporter", "Reporter", "RunResult", "dump_cost_line"]
 
 
 class Reporter(Protocol):
@@ -50,3 +50,19 @@ class RunResult:
     def dump_overhead(self) -> float:
         """Time the training loop waited for dumps / time training."""
         return self.dump_seconds / self.train_seconds if self.train_seconds > 0 else float("nan")
+
+
+def dump_cost_line(train_seconds: float, wait_seconds: float, work_seconds: float) -> str:
+    """The dump's cost in one sentence, with the same labelled figure as the summary table.
+
+    ``wait``: time the training loop stood still for dumps (the table's "dump cost"
+    column); ``work``: time the writer thread spent on them beside training, which
+    overlaps training and so is no cost to it unless training waited.
+    """
+    if train_seconds <= 0:
+        return f"dump cost: - (no training time); dump work {work_seconds:.2f} s"
+    return (
+        f"dump cost: {100 * wait_seconds / train_seconds:.2f} % of training time "
+        f"(training waited {wait_seconds:.2f} s of {train_seconds:.2f} s for dumps; "
+        f"the dump work itself took {work_seconds:.2f} s on a writer thread beside training)"
+    )

@@ -8,8 +8,9 @@
 - :mod:`kdlens.store.importing`: ``kdlens import`` of arrays written elsewhere.
 """
 
+from kdlens.store.arrays import read_array_file
 from kdlens.store.format import FORMAT_VERSION, Batch, Part, arrow_schema
-from kdlens.store.importing import ImportedCheckpoint, import_files, read_array_file
+from kdlens.store.importing import ImportedCheckpoint, import_files
 from kdlens.store.reader import LogitsStore, open_store
 from kdlens.store.validate import PartReport, ValidationReport, validate
 from kdlens.store.writer import CheckpointWriter, write_logits

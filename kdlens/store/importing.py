@@ -22,7 +22,10 @@ from scipy.special import logsumexp
 
 from kdlens._internal.atomic import staged_dir
 from kdlens._internal.names import path_component
+from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
+from kdlens.store.adding import read_existing
+from kdlens.store.arrays import _load_npy, read_array_file
 from kdlens.store.scan import scan_file
 from kdlens.store.writer import CheckpointWriter
 
@@ -30,16 +33,6 @@ __all__ = ["ImportedCheckpoint", "import_files", "read_array_file"]
 
 Kind = Literal["logits", "probs", "log-probs"]
 KINDS = ("logits", "probs", "log-probs")
-_ARRAY_KEYS = (
-    "logits",
-    "log_probs",
-    "probs",
-    "probabilities",
-    "predictions",
-    "pred_probs",
-    "outputs",
-)
-_LABEL_KEYS = ("labels", "label", "y", "targets", "ground_truth")
 
 
 @dataclass(frozen=True)
@@ -68,6 +61,9 @@ def import_files(
     prob_floor: float = 1e-12,
     prob_tol: float = 1e-3,
     overwrite: bool = False,
+    epoch: int | None = None,
+    batch_size: int | None = None,
+    progress: Any = None,
 ) -> list[ImportedCheckpoint]:
     """Import each file as one checkpoint of one run into the store directory ``out``.
 
@@ -87,6 +83,12 @@ def import_files(
     key : the array's key inside ``.npz``/``.pt`` inputs (default: looked up by name).
     prob_floor : probabilities below it become ``log(prob_floor)``, never ``-inf``.
     prob_tol : rows of ``probs`` must sum to 1 within it (``log-probs``: logsumexp 0).
+    epoch, batch_size : recorded on every imported checkpoint (the teacher's training
+        epoch and batch size), so that recommend can map the grid.
+
+    A checkpoint file that exists gets ``split`` added when it does not hold that split
+    yet (train and val logits from separate files); one that holds it is refused unless
+    ``overwrite``.
     """
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -106,16 +108,16 @@ def import_files(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: already exists and is not empty (pass `overwrite=True`)")
     class_names = _read_classes(classes)
     shared_labels = _read_label_file(Path(labels)) if labels and Path(labels).is_file() else None
     label_key = None if shared_labels is not None else labels
     kept_k = _kept_num_classes(out, run, names)
 
+    prog = as_progress(progress)
+    task = prog.add_task("importing", total=len(paths))
     written: list[ImportedCheckpoint] = []
-    # A transaction: the store is built beside `out` and moved in only when every input
-    # has been read and written; on any failure `out` is as it was.
+    # A transaction: the new files are built beside `out` and moved in only when every
+    # input has been read and written; on any failure `out` is as it was.
     with staged_dir(out) as stage:
         for path, name in zip(paths, names, strict=True):
             arr, lab = read_array_file(path, key=key, label_key=label_key)
@@ -132,19 +134,31 @@ def import_files(
             config: dict[str, Any] = {"imported_from": str(path), "kind": kind}
             if kind == "probs":
                 config["prob_floor"] = prob_floor
+            dest = out / run / f"{name}.parquet"
+            # An existing checkpoint gets this split added (rewritten with its old rows),
+            # unless it holds the split already; `overwrite` replaces it.
+            old = (
+                read_existing(dest, split=split, num_classes=z.shape[1])
+                if (dest.exists() and not overwrite)
+                else None
+            )
             with CheckpointWriter(
                 stage / run / f"{name}.parquet",
                 run=run,
                 checkpoint=name,
                 num_classes=z.shape[1],
-                class_names=class_names,
-                dataset=dataset,
-                model=model,
+                epoch=epoch if old is None or epoch is not None else old.epoch,
+                batch_size=batch_size if old is None or batch_size is not None else old.batch_size,
+                class_names=class_names or (old.meta.get("class_names") if old else None),
+                dataset=dataset or (old.meta.get("dataset") if old else None),
+                model=model or (old.meta.get("model") if old else None),
                 config=config,
             ) as w:
+                if old is not None:
+                    old.write_into(w)
                 w.write(z, split=split, labels=lab, example_ids=np.arange(z.shape[0]))
-            dest = out / run / f"{name}.parquet"
             written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0], z.shape[1]))
+            prog.advance(task)
     return written
 
 
@@ -159,139 +173,15 @@ def _kept_num_classes(out: Path, run: str, names: Sequence[str]) -> int | None:
     return None
 
 
-def read_array_file(
-    path: Path, *, key: str | None = None, label_key: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load an (N, K) array and optional labels from one input file, safely."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        arr = _load_npy(path)
-        if label_key:
-            raise InputError(f"{path}: a .npy holds one array; give `labels` as a file instead")
-        return _check_2d(arr, path), None
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except Exception as exc:  # zipfile and numpy raise several types
-            raise InputError(f"{path}: not a readable .npz ({exc})") from None
-        return _pick(data, path, key, label_key)
-    if suffix in (".pt", ".pth"):
-        return _pick(_load_pt(path), path, key, label_key)
-    if suffix in (".csv", ".tsv", ".txt"):
-        return _read_csv(path, label_key)
-    raise InputError(f"{path}: unsupported file type {suffix!r} (use .npy, .npz, .pt or .csv)")
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except OSError:
-        raise  # the OS's own error (permission, I/O): the CLI reports it with the path
-    except Exception as exc:  # numpy raises ValueError, EOFError, UnpicklingError, ...
-        text = str(exc).strip().splitlines()
-        why = text[0][:160] if text else type(exc).__name__
-        raise InputError(f"{path}: not a plain numeric .npy array ({why})") from None
-
-
-def _load_pt(path: Path) -> dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError:
-        raise InputError(
-            f"{path}: reading .pt files needs torch (pip install 'kdlens[torch]')"
-        ) from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(
-            f"{path}: refused: not a tensor-only .pt file ({str(exc).splitlines()[0][:160]})"
-        ) from None
-    if isinstance(obj, torch.Tensor):
-        return {"logits": obj.detach().float().numpy()}
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return {str(k): v.detach().numpy() for k, v in obj.items()}
-    raise InputError(f"{path}: refused: a .pt input must hold a tensor or a dict of tensors")
-
-
-def _pick(
-    data: dict[str, np.ndarray], path: Path, key: str | None, label_key: str | None
-) -> tuple[np.ndarray, np.ndarray | None]:
-    keys = sorted(data)
-    if key is not None:
-        if key not in data:
-            raise InputError(f"{path}: no array {key!r} (keys: {', '.join(keys)})")
-        arr = data[key]
-    else:
-        found = [k for k in _ARRAY_KEYS if k in data]
-        if not found:
-            two_d = [k for k in keys if data[k].ndim == 2]
-            if len(two_d) != 1:
-                raise InputError(
-                    f"{path}: cannot tell which array holds the outputs "
-                    f"(keys: {', '.join(keys)}); pass `key`"
-                )
-            found = two_d
-        arr = data[found[0]]
-    lab = None
-    if label_key is not None:
-        if label_key not in data:
-            raise InputError(f"{path}: no labels {label_key!r} (keys: {', '.join(keys)})")
-        lab = data[label_key]
-    else:
-        for k in _LABEL_KEYS:
-            if k in data:
-                lab = data[k]
-                break
-    return _check_2d(arr, path), lab
-
-
-def _read_csv(path: Path, label_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    import polars as pl
-
-    sep = "\t" if path.suffix == ".tsv" else ","
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        first = fh.readline().strip().split(sep)
-    # A first line of numbers is data, not a header: reading it as names would drop a row.
-    has_header = not all(_is_number(c) for c in first if c.strip())
-    try:
-        df = pl.read_csv(path, separator=sep, has_header=has_header)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    lab = None
-    if label_key is None:
-        label_key = next((c for c in _LABEL_KEYS if c in df.columns), None)
-    elif label_key not in df.columns:
-        raise InputError(f"{path}: no column {label_key!r}")
-    if label_key is not None:
-        lab = df[label_key].to_numpy()
-        df = df.drop(label_key)
-    bad = [c for c, t in zip(df.columns, df.dtypes, strict=True) if not t.is_numeric()]
-    if bad:
-        raise InputError(f"{path}: column {bad[0]!r} is not numeric")
-    return _check_2d(df.to_numpy().astype(np.float64), path), lab
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_2d(arr: np.ndarray, path: Path) -> np.ndarray:
-    if arr.dtype.kind not in "fiu":
-        raise InputError(f"{path}: array has dtype {arr.dtype}, expected numbers")
-    if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] < 2:
-        raise InputError(f"{path}: expected an (N, K) array with K >= 2, got shape {arr.shape}")
-    return arr
-
-
 def _check_labels(lab: Any, shape: tuple[int, ...], path: Path) -> np.ndarray:
-    y = np.asarray(lab).reshape(-1)
+    y = np.asarray(lab)
+    if y.ndim == 2 and 1 in y.shape:
+        y = y.reshape(-1)  # a column or row vector of labels
+    if y.ndim != 1:
+        raise InputError(
+            f"{path}: labels must be one integer per row, shape ({shape[0]},); "
+            f"got an array of shape {y.shape} (one-hot or per-class scores? pass class indices)"
+        )
     if y.shape[0] != shape[0]:
         raise InputError(f"{path}: {y.shape[0]} labels for {shape[0]} rows")
     if y.dtype.kind == "f":

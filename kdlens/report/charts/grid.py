@@ -181,11 +181,19 @@ def trajectory_chart(
         x=alt.X("time:Q", axis=_time_axis(long["time"], ttitle)),
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
         color=alt.Color("group:N", title=gtitle, sort=groups),
-        strokeDash=alt.StrokeDash("split:N", title="split", sort=split_order),
+        # The legend draws strokes: as dots (the points' symbol) solid and dashed
+        # looked the same, and the split could not be told from the legend.
+        strokeDash=alt.StrokeDash(
+            "split:N",
+            title="split (line style)",
+            sort=split_order,
+            legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400),
+        ),
         detail="run:N",
     )
     lines = base.mark_line(strokeWidth=2)
     points = base.mark_point(filled=True, size=36).encode(
+        shape=alt.Shape("split:N", sort=split_order, legend=None),
         tooltip=[
             alt.Tooltip("metric:N"),
             alt.Tooltip("run:N"),
@@ -193,7 +201,7 @@ def trajectory_chart(
             alt.Tooltip("split:N"),
             alt.Tooltip("time:Q", title=ttitle),
             alt.Tooltip("value:Q", format=".4f"),
-        ]
+        ],
     )
     chart = (
         alt.layer(lines, points, data=_values(long))
