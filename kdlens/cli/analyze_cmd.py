@@ -145,8 +145,8 @@ def analyze_command(
     if quiet:
         return
     table = Table(
-        title=f"kdlens analyze (T = {result.temperature:g}; p = structure test, "
-        "T* = fitted temperature)",
+        title=f"kdlens analyze (T = {result.temperature:g}; p = structure test with "
+        f"{n_permutations:,} permutations, T* = fitted temperature)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -165,9 +165,29 @@ def analyze_command(
             r["run"], r["checkpoint"], r["split"], str(r["n"]), *[_fmt(r.get(c)) for c, _ in shown]
         )
     console.print(table)
+    for line in _flags(result.summary):
+        console.print(f"note: {line}", highlight=False, markup=False)
     where = ", ".join(p.name for p in paths.values())
     extra = f" and {result.examples_path.name}" if result.examples_path is not None else ""
     console.print(f"wrote {where}{extra} to {output}", highlight=False)
+
+
+def _flags(summary: Any) -> list[str]:
+    """What the table's numbers do not say: a structure test that cannot apply, a
+    temperature fit at the bound of its search."""
+    out = []
+    verdicts = set(summary["structure_verdict"].to_list()) if "structure_verdict" in summary else ()
+    out += [f"structure test {v}" for v in verdicts if v.startswith("not applicable")]
+    if "fitted_temperature_at_bound" in summary:
+        hit = summary.filter(summary["fitted_temperature_at_bound"].fill_null(False))
+        keys = sorted({f"{r}/{c}" for r, c in zip(hit["run"], hit["checkpoint"], strict=False)})
+        if keys:
+            out.append(
+                f"T* reached the bound of its search for {', '.join(keys)}: the fit is "
+                "degenerate (column fitted_temperature_at_bound); recommend scores these "
+                "with the raw held-out NLL"
+            )
+    return out
 
 
 class _Nothing:

@@ -26,7 +26,10 @@ def recommend_cmd(
         "with summary.parquet.",
     ),
     as_json: bool = typer.Option(
-        False, "--json", help="Print {recommended, ranking, probability_best} as JSON on stdout."
+        False,
+        "--json",
+        help="Print everything the text output says (recommended, reason, ranking, "
+        "P(best score), notes, advice) as JSON on stdout.",
     ),
     top: int | None = typer.Option(None, "--top", min=1, help="Show only the best N checkpoints."),
     temperature: float = typer.Option(
@@ -68,6 +71,8 @@ def _f(v: Any, fmt: str = "{:.4f}") -> str:
 def _render(rec: Recommendation) -> None:
     from rich.table import Table
 
+    from kdlens.recommend.result import PICK_RULE
+
     console.print(
         f"[bold]kdlens recommend[/] {rec.source}  (T = {rec.temperature:g}, "
         f"bootstrap = {rec.n_bootstrap}, basis: {rec.basis})",
@@ -76,7 +81,7 @@ def _render(rec: Recommendation) -> None:
     t = Table(title="ranking (best first)")
     # Essential columns always; the signals behind the score only where they fit.
     wide = console.width >= 140
-    cols = ["rank", "run/checkpoint", "batch", "epoch", "score", "P(best)", "held-out acc"]
+    cols = ["rank", "run/checkpoint", "batch", "epoch", "score", "P(best score)", "held-out acc"]
     if wide:
         cols += [
             "rank 95%",
@@ -100,7 +105,7 @@ def _render(rec: Recommendation) -> None:
             f"{r['run']}/{r['checkpoint']}",
             _f(r["batch_size"], "{}"),
             _f(r["epoch"], "{}"),
-            _f(r["score"]),
+            _f(r["score"]) + (" †" if r.get("fitted_temperature_at_bound") else ""),
             _f(r["probability_best"], "{:.2f}"),
             _f(r["accuracy_heldout"], "{:.2%}"),
         ]
@@ -119,6 +124,10 @@ def _render(rec: Recommendation) -> None:
                 _f(r["oemc_share_transfer"], "{:.2f}"),
             ]
         t.add_row(*cells, style="bold green" if r["rank"] == 1 else None)
+    if rec.ranking["fitted_temperature_at_bound"].any():
+        t.caption = (t.caption + "; " if t.caption else "") + (
+            "† = temperature fit at its bound: scored with the raw held-out NLL at T = 1"
+        )
     console.print(t)
     if rec.ok:
         console.print(f"[bold green]recommended:[/] {rec.reason}", highlight=False)
@@ -143,6 +152,7 @@ def _render(rec: Recommendation) -> None:
     for n in rec.notes:
         console.print(f"[yellow]note:[/] {n}", highlight=False)
     console.print(f"[dim]{rec.score_definition} (w = {rec.collapse_weight:g})[/]", highlight=False)
+    console.print(f"[dim]{rec.probability_best_definition}; {PICK_RULE}[/]", highlight=False)
 
 
 def _render_map(sweet: pl.DataFrame) -> None:
