@@ -276,3 +276,52 @@ def test_recommend_json_carries_every_fact_of_the_text(tmp_path):
         assert f"{r['accuracy_heldout']:.2%}" in text
     for cell in doc["sweet_spot"]:
         assert cell["missing"] or f"{cell['score']:.4f}" in text
+
+
+# --------------------------------------------------------------------------- item 5
+
+
+def _students(root, name, y, accs, *, plain):
+    from kdlens.store.writer import write_logits
+
+    root.mkdir(parents=True)
+    base = np.random.default_rng(7).random(y.shape[0])
+    for s, acc in enumerate(accs):
+        pred = np.where(base < acc, y, (y + 1) % 4)
+        cfg = {"seed": s, "alpha": 0.0 if plain else 0.9, "plain": plain}
+        cfg["teacher_run"] = None if plain else "teacher"
+        write_logits(
+            root / f"{name}-{s}.parquet",
+            np.eye(4, dtype=np.float32)[pred] * 3.0,
+            split="test",
+            run=f"{name}-s{s}",
+            checkpoint="final",
+            labels=y,
+            example_ids=np.arange(y.shape[0]),
+            config=cfg,
+        )
+    return root
+
+
+@pytest.mark.parametrize(
+    ("real_accs", "verdict"),
+    [((0.90, 0.91), "the teacher helps versus no teacher"), ((0.80, 0.80), "does not help")],
+)
+def test_compare_against_students_with_no_teacher_says_so(tmp_path, real_accs, verdict):
+    from kdlens.hypotheses.compare import VERSUS_NO_TEACHER, compare_stores
+
+    y = np.random.default_rng(3).integers(0, 4, 2000)
+    real = _students(tmp_path / "real", "kd", y, real_accs, plain=False)
+    plain = _students(tmp_path / "plain", "plain", y, (0.80, 0.80), plain=True)
+    _, r = compare_stores(real, plain, n_bootstrap=300)
+    assert r.comparison == VERSUS_NO_TEACHER and verdict in r.verdict
+    assert "regularization" not in r.verdict and "no teacher" in r.reason
+    out = runner.invoke(app, ["compare", str(real), str(plain)])
+    text = " ".join(out.output.split())
+    assert out.exit_code == 0, out.output
+    assert "comparison: teacher vs no teacher" in text and verdict in text
+    assert "regularization" not in text
+    # Two control-teacher sides keep the control wording.
+    ctrl = _students(tmp_path / "ctrl", "ls", y, (0.80, 0.80), plain=False)
+    _, r = compare_stores(real, ctrl, n_bootstrap=300)
+    assert r.comparison == "teacher vs control teacher" and "teacher" not in r.verdict

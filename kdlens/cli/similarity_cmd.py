@@ -42,7 +42,12 @@ def compare_command(
     from rich import box
     from rich.table import Table
 
-    from kdlens.hypotheses.compare import KNOWLEDGE_DISTILLATION, compare_stores
+    from kdlens.hypotheses.compare import (
+        KNOWLEDGE_DISTILLATION,
+        TEACHER_HELPS,
+        VERSUS_NO_TEACHER,
+        compare_stores,
+    )
 
     frame, result = compare_stores(
         real_students,
@@ -71,8 +76,10 @@ def compare_command(
         )
     console.print(table)
     pct = int(round(result.confidence * 100))
+    control = "no teacher" if result.comparison == VERSUS_NO_TEACHER else "control"
+    console.print(f"comparison: {result.comparison}", highlight=False, markup=False)
     console.print(
-        f"accuracy real {result.accuracy_a:.4f} vs control {result.accuracy_b:.4f}: "
+        f"accuracy real {result.accuracy_a:.4f} vs {control} {result.accuracy_b:.4f}: "
         f"difference {result.difference:+.4f} ({pct}% CI {result.ci_low:+.4f} to "
         f"{result.ci_high:+.4f})"
     )
@@ -82,7 +89,7 @@ def compare_command(
     )
     if result.seed_test is not None:
         console.print(f"{result.seed_test} over seeds: p = {result.seed_p:.3g}")
-    colour = "green" if result.verdict == KNOWLEDGE_DISTILLATION else "yellow"
+    colour = "green" if result.verdict in (KNOWLEDGE_DISTILLATION, TEACHER_HELPS) else "yellow"
     console.print(f"verdict: [bold {colour}]{result.verdict}[/] ({result.reason})", highlight=False)
 
 
