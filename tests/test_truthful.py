@@ -5,6 +5,7 @@ a teacher, stated counts, and a JSON that carries the whole text output."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -325,3 +326,12 @@ def test_compare_against_students_with_no_teacher_says_so(tmp_path, real_accs, v
     ctrl = _students(tmp_path / "ctrl", "ls", y, (0.80, 0.80), plain=False)
     _, r = compare_stores(real, ctrl, n_bootstrap=300)
     assert r.comparison == "teacher vs control teacher" and "teacher" not in r.verdict
+
+
+def test_report_marks_a_fit_at_its_bound(tmp_path):
+    from kdlens.report.build import build_report
+
+    store = _wine_store(tmp_path / "s")
+    page = build_report(store, tmp_path / "r.html", n_bootstrap=20).read_text()
+    assert re.search(r"-0\.\d{4} †", page) and "temperature fit at the bound of its search" in page
+    assert "wine/ep001: the temperature fit reached the bound" in page

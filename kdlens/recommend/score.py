@@ -298,7 +298,8 @@ def compute_recommendation(
         n_bootstrap=n_bootstrap,
         score_definition=score_definition(temperature, collapse_weight),
     )
-    if not math.isclose(temperature, DEFAULT_TEMPERATURE):
+    if not math.isclose(temperature, DEFAULT_TEMPERATURE) and collapse_weight > 0:
+        # (With no collapse term, as from an analysis at another T, T plays no part.)
         notes.append(
             f"ranked at T = {temperature:g}: the score (its collapse weight, and NLL over "
             f"accuracy) was validated at T = {DEFAULT_TEMPERATURE:g} (examples/VALIDATION.md); "

@@ -227,7 +227,6 @@ def _ranking_html(data: ReportData, top: int = 10) -> str:
         ("run", "run", ""),
         ("checkpoint", "checkpoint", ""),
         ("score", "score", ".4f"),
-        ("fitted_temperature_at_bound", "T fit at bound", ""),
         ("probability_best", "P(best score)", ".2f"),
         ("accuracy_heldout", "held-out acc.", ".2%"),
         ("dark_mass_transfer", f"dark mass (train{at})", ".4f"),
@@ -236,20 +235,32 @@ def _ranking_html(data: ReportData, top: int = 10) -> str:
     cols = [c for c in cols if c[0] in ranking.columns]
     head = "".join(f"<th>{_e(t)}</th>" for _, t, _ in cols)
     rows = []
+    flagged = False
     for r in ranking.head(top).iter_rows(named=True):
+        # † marks a temperature fit at its bound (scored with the raw held-out NLL).
+        mark = bool(r.get("fitted_temperature_at_bound"))
+        flagged |= mark
         rows.append(
             "<tr>"
             + "".join(
-                f"<td>{_e(_fmt(r[c], f) if f and f != 'd' else _fmt(r[c]))}</td>"
+                f"<td>{_e(_fmt(r[c], f) if f and f != 'd' else _fmt(r[c]))}"
+                + (" †" if mark and c == "score" else "")
+                + "</td>"
                 for c, _, f in cols
             )
             + "</tr>"
         )
+    foot = (
+        '<p class="caption">† temperature fit at the bound of its search: scored with the raw '
+        "held-out NLL at T = 1 (see the notes).</p>"
+        if flagged
+        else ""
+    )
     return (
         f'<section class="card" id="sec-ranking"><h2>Ranking (top {min(top, ranking.height)} of '
         f'{ranking.height})</h2><div class="scroll"><table class="data">'
         f"<thead><tr>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>{foot}</section>"
     )
 
 
