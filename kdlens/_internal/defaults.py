@@ -20,6 +20,11 @@ OEMC_DELTA = 0.05
 N_BINS = 15
 #: Search interval of the temperature fit (a fit at a bound is degenerate).
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+#: A held-out split with fewer labelled examples than this, or fewer than
+#: SMALL_HELDOUT_PER_CLASS in some class of its temperature-fit sample, is called small:
+#: its NLL and temperature fit are noisy and ``recommend`` warns with the numbers.
+SMALL_HELDOUT_N = 100
+SMALL_HELDOUT_PER_CLASS = 5
 #: Neighbours kept per class in the similarity ``edges`` table.
 TOP_K = 5
 

@@ -19,7 +19,8 @@ Conventions: soft-label quantities (entropy, dark mass, S, SI, II, OEMC) are at
 the requested temperature T, recorded in every table; accuracy, NLL, margin and
 ECE are at T = 1 (the teacher's own predictions). ``fitted_temperature`` is the
 T minimising held-out NLL, fitted on the ``val`` split of the same checkpoint
-when the analysis covers one (``fitted_temperature_split`` says which split);
+when the analysis covers one (``fitted_temperature_split`` says which split;
+``fitted_temperature_at_bound`` flags a fit that ended at a bound of the search);
 ``nll_fitted`` is each split's NLL at that temperature (on the fit's id-hashed sample
 of at most ``max(2000, 2e6 / K)`` examples, the whole split when smaller).
 ``reference_kl`` is ``KL(p_ref || p_T)`` averaged over examples.
@@ -310,6 +311,7 @@ def _fill_fitted_temperature(outs: list[PartTables]) -> None:
             f = fits[split]
             o.row["fitted_temperature"] = f.temperature
             o.row["fitted_temperature_split"] = f.split
+            o.row["fitted_temperature_at_bound"] = f.at_bound
             # NLL after the temperature fit (what `recommend` ranks by), on the same
             # id-hashed sample the fit uses.
             o.row["nll_fitted"] = f.nll

@@ -5,6 +5,12 @@ split's temperature-fit sample when that split was read, else on each split's ow
 sample; ``nll_fitted`` is each split's NLL at that T on its own sample. ``analyze``
 (columns ``fitted_temperature`` / ``nll_fitted``) and ``recommend`` (``fitted_temperature``
 / ``nll_fit_heldout``) both take it from :func:`fitted_temperatures`, so they agree exactly.
+
+A fit that ends at a bound of :data:`~kdlens._internal.defaults.TEMPERATURE_BOUNDS` is
+degenerate: the optimum lies outside the search interval (a held-out sample the teacher
+separates perfectly drives T towards 0 and the NLL after the fit towards 0). ``Fit.at_bound``
+flags it (``analyze``: column ``fitted_temperature_at_bound``) and ``recommend`` does not
+rank by that NLL (:mod:`kdlens.recommend.score`).
 """
 
 from __future__ import annotations
@@ -13,13 +19,17 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kdlens._internal.defaults import FIT_SPLIT
+from kdlens._internal.defaults import FIT_SPLIT, TEMPERATURE_BOUNDS
 from kdlens.errors import InputError
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.store.format import Part
 from kdlens.store.reader import LogitsStore
 
-__all__ = ["Fit", "fitted_temperatures", "select_parts"]
+__all__ = ["Fit", "at_temperature_bound", "fitted_temperatures", "select_parts"]
+
+#: A fit within this distance of a bound, in log T, is "at the bound" (the search stops
+#: 1e-4 in log T from its optimum; a bound-limited optimum ends within about that of it).
+BOUND_TOLERANCE = 1e-3
 
 _SPLIT_ORDER = {s: i for i, s in enumerate(("train", "val", "test"))}
 
@@ -52,6 +62,22 @@ class Fit:
     temperature: float
     split: str
     nll: float
+    #: The fit ended at a bound of the search: its NLL is not a calibrated one.
+    at_bound: bool = False
+
+
+def at_temperature_bound(
+    temperature: float, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> bool:
+    """Whether a fitted temperature lies at a bound of the search (a degenerate fit)."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)):
+        return False
+    if temperature <= 0:
+        return True
+    u = math.log(temperature)
+    return any(abs(u - math.log(b)) < BOUND_TOLERANCE for b in bounds) or not (
+        bounds[0] < temperature < bounds[1]
+    )
 
 
 def fitted_temperatures(tfits: Mapping[str, TemperatureFitAccumulator | None]) -> dict[str, Fit]:
@@ -71,5 +97,5 @@ def fitted_temperatures(tfits: Mapping[str, TemperatureFitAccumulator | None]) -
             continue
         src = held or split
         t = fit(src)
-        out[split] = Fit(t, src, acc.nll_at(t))
+        out[split] = Fit(t, src, acc.nll_at(t), at_temperature_bound(t))
     return out

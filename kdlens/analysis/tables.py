@@ -126,16 +126,17 @@ def _present(m: np.ndarray, present: np.ndarray) -> np.ndarray:
     return m[np.ix_(present, present)] if not present.all() else m
 
 
-def _structure(res: Any, n_permutations: int) -> dict[str, float]:
+def _structure(res: Any, n_permutations: int) -> dict[str, Any]:
     if n_permutations == 0:
         return {"structure_p_value": float("nan"), "structure_effect": float("nan")}
-    from kdlens.hypotheses.structure import structure_test_from_result
+    from kdlens.hypotheses.structure import structure_test_from_result, structure_verdict
 
     st = structure_test_from_result(res, n_permutations=n_permutations, seed=0)
     return {
         "structure_p_value": float(st.p_value),
         "structure_effect": float(st.effect_size),
         "structure_permutations": int(st.n_permutations),
+        "structure_verdict": structure_verdict(st.p_value, st.normalized_effect, st.num_classes),
     }
 
 

@@ -143,13 +143,13 @@ def analyze_command(
         return
     if quiet:
         return
-    _render_summary(result.summary, result.temperature)
+    _render_summary(result.summary, result.temperature, n_permutations)
     where = ", ".join(p.name for p in paths.values())
     extra = f" and {result.examples_path.name}" if result.examples_path is not None else ""
     say(f"wrote {where}{extra} to {output}")
 
 
-def _render_summary(summary: Any, temperature: float) -> None:
+def _render_summary(summary: Any, temperature: float, n_permutations: int) -> None:
     """The summary table at the terminal's width; says which columns did not fit."""
     from rich import box
     from rich.table import Table
@@ -162,7 +162,8 @@ def _render_summary(summary: Any, temperature: float) -> None:
     keep, left_out = _fit_columns(columns, console.width)
     table = Table(
         title=title(
-            f"kdlens analyze (T = {temperature:g}; p = structure test, T* = fitted temperature)"
+            f"kdlens analyze (T = {temperature:g}; p = structure test with "
+            f"{n_permutations:,} permutations, T* = fitted temperature)"
         ),
         title_justify="left",
         box=box.SIMPLE_HEAD,
@@ -182,6 +183,26 @@ def _render_summary(summary: Any, temperature: float) -> None:
             "a wider terminal, --json or the written summary.parquet have every column",
             wrap=True,
         )
+    for line in _flags(summary):
+        say(f"note: {line}", wrap=True)
+
+
+def _flags(summary: Any) -> list[str]:
+    """What the table's numbers do not say: a structure test that cannot apply, a
+    temperature fit at the bound of its search."""
+    out = []
+    verdicts = set(summary["structure_verdict"].to_list()) if "structure_verdict" in summary else ()
+    out += [f"structure test {v}" for v in verdicts if v.startswith("not applicable")]
+    if "fitted_temperature_at_bound" in summary:
+        hit = summary.filter(summary["fitted_temperature_at_bound"].fill_null(False))
+        keys = sorted({f"{r}/{c}" for r, c in zip(hit["run"], hit["checkpoint"], strict=False)})
+        if keys:
+            out.append(
+                f"T* reached the bound of its search for {', '.join(keys)}: the fit is "
+                "degenerate (column fitted_temperature_at_bound); recommend scores these "
+                "with the raw held-out NLL"
+            )
+    return out
 
 
 @app.command("controls")

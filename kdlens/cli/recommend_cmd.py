@@ -27,7 +27,10 @@ def recommend_cmd(
         "with summary.parquet.",
     ),
     as_json: bool = typer.Option(
-        False, "--json", help="Print {recommended, ranking, probability_best} as JSON on stdout."
+        False,
+        "--json",
+        help="Print everything the text output says (recommended, reason, ranking, "
+        "P(best score), notes, advice) as JSON on stdout.",
     ),
     top: int | None = typer.Option(None, "--top", min=1, help="Show only the best N checkpoints."),
     temperature: float = typer.Option(
@@ -80,17 +83,33 @@ def _f(v: Any, fmt: str = "{:.4f}") -> str:
 
 
 def _render(rec: Recommendation) -> None:
-    from rich.table import Table
+    from kdlens.recommend.result import PICK_RULE
 
     console.print(
         f"[bold]kdlens recommend[/] {esc(rec.source)}  (T = {rec.temperature:g}, "
         f"bootstrap = {rec.n_bootstrap}, basis: {rec.basis})",
         highlight=False,
     )
+    console.print(_ranking_table(rec))
+    _render_verdict(rec)
+    for a in rec.advice:
+        labelled("next experiment", a, style="bold cyan")
+    if rec.pareto.height and rec.ok:
+        console.print(_pareto_table(rec.pareto))
+    _render_map(rec.sweet_spot)
+    for n in rec.notes:
+        labelled("note", n, style="yellow")
+    say(f"{rec.score_definition} (w = {rec.collapse_weight:g})", style="dim")
+    say(f"{rec.probability_best_definition}; {PICK_RULE}", style="dim")
+
+
+def _ranking_table(rec: Recommendation) -> Any:
+    from rich.table import Table
+
     t = Table(title=title("ranking (best first)"))
     # Essential columns always; the signals behind the score only where they fit.
     wide = console.width >= 140
-    cols = ["rank", "run/checkpoint", "batch", "epoch", "score", "P(best)", "held-out acc"]
+    cols = ["rank", "run/checkpoint", "batch", "epoch", "score", "P(best score)", "held-out acc"]
     if wide:
         cols += [
             "rank 95%",
@@ -114,48 +133,53 @@ def _render(rec: Recommendation) -> None:
             cell(f"{r['run']}/{r['checkpoint']}"),
             _f(r["batch_size"], "{}"),
             _f(r["epoch"], "{}"),
-            _f(r["score"]),
+            _f(r["score"]) + (" †" if r.get("fitted_temperature_at_bound") else ""),
             _f(r["probability_best"], "{:.2f}"),
             _f(r["accuracy_heldout"], "{:.2%}"),
         ]
         if wide:
-            interval = (
-                "-"
-                if r["rank_low"] is None or not math.isfinite(r["rank_low"])
-                else f"{r['rank_low']:.0f}-{r['rank_high']:.0f}"
-            )
-            cells += [
-                interval,
-                _f(r["nll_fit_heldout"]),
-                _f(r["dark_mass_transfer"], "{:.3g}"),
-                _f(r["collapse"], "{:.2f}"),
-                _f(r["similarity_information_transfer"], "{:.3g}"),
-                _f(r["oemc_share_transfer"], "{:.2f}"),
-            ]
+            cells += _signal_cells(r)
         t.add_row(*cells, style="bold green" if r["rank"] == 1 else None)
-    console.print(t)
-    _render_verdict(rec)
-    for a in rec.advice:
-        labelled("next experiment", a, style="bold cyan")
-    if rec.pareto.height and rec.ok:
-        p = Table(
-            title=title("Pareto front: held-out accuracy vs transfer-split similarity information")
+    if rec.ranking["fitted_temperature_at_bound"].any():
+        t.caption = (t.caption + "; " if t.caption else "") + (
+            "† = temperature fit at its bound: scored with the raw held-out NLL at T = 1"
         )
-        for c in ("run", "checkpoint", "held-out acc", "SI (transfer)", "rank"):
-            p.add_column(c)
-        for r in rec.pareto.iter_rows(named=True):
-            p.add_row(
-                cell(r["run"]),
-                cell(r["checkpoint"]),
-                _f(r["accuracy_heldout"], "{:.2%}"),
-                _f(r["similarity_information_transfer"], "{:.3g}"),
-                _f(r["rank"], "{}"),
-            )
-        console.print(p)
-    _render_map(rec.sweet_spot)
-    for n in rec.notes:
-        labelled("note", n, style="yellow")
-    say(f"{rec.score_definition} (w = {rec.collapse_weight:g})", style="dim")
+    return t
+
+
+def _signal_cells(r: dict[str, Any]) -> list[str]:
+    interval = (
+        "-"
+        if r["rank_low"] is None or not math.isfinite(r["rank_low"])
+        else f"{r['rank_low']:.0f}-{r['rank_high']:.0f}"
+    )
+    return [
+        interval,
+        _f(r["nll_fit_heldout"]),
+        _f(r["dark_mass_transfer"], "{:.3g}"),
+        _f(r["collapse"], "{:.2f}"),
+        _f(r["similarity_information_transfer"], "{:.3g}"),
+        _f(r["oemc_share_transfer"], "{:.2f}"),
+    ]
+
+
+def _pareto_table(pareto: pl.DataFrame) -> Any:
+    from rich.table import Table
+
+    p = Table(
+        title=title("Pareto front: held-out accuracy vs transfer-split similarity information")
+    )
+    for c in ("run", "checkpoint", "held-out acc", "SI (transfer)", "rank"):
+        p.add_column(c)
+    for r in pareto.iter_rows(named=True):
+        p.add_row(
+            cell(r["run"]),
+            cell(r["checkpoint"]),
+            _f(r["accuracy_heldout"], "{:.2%}"),
+            _f(r["similarity_information_transfer"], "{:.3g}"),
+            _f(r["rank"], "{}"),
+        )
+    return p
 
 
 def _render_verdict(rec: Recommendation) -> None:

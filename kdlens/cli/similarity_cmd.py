@@ -48,7 +48,12 @@ def compare_command(
     from rich import box
     from rich.table import Table
 
-    from kdlens.hypotheses.compare import KNOWLEDGE_DISTILLATION, compare_stores
+    from kdlens.hypotheses.compare import (
+        KNOWLEDGE_DISTILLATION,
+        TEACHER_HELPS,
+        VERSUS_NO_TEACHER,
+        compare_stores,
+    )
 
     frame, result = compare_stores(
         real_students,
@@ -63,7 +68,7 @@ def compare_command(
         doc["students"] = frame.to_dicts()
         typer.echo(json.dumps(doc, indent=2, default=str))
         return
-    colour = "green" if result.verdict == KNOWLEDGE_DISTILLATION else "yellow"
+    colour = "green" if result.verdict in (KNOWLEDGE_DISTILLATION, TEACHER_HELPS) else "yellow"
     verdict = f"verdict: [bold {colour}]{esc(result.verdict)}[/] ({esc(result.reason)})"
     if quiet:
         console.print(verdict, highlight=False, soft_wrap=True)
@@ -82,8 +87,10 @@ def compare_command(
         )
     show(table)
     pct = int(round(result.confidence * 100))
+    control = "no teacher" if result.comparison == VERSUS_NO_TEACHER else "control"
+    say(f"comparison: {result.comparison}")
     say(
-        f"accuracy real {result.accuracy_a:.4f} vs control {result.accuracy_b:.4f}: "
+        f"accuracy real {result.accuracy_a:.4f} vs {control} {result.accuracy_b:.4f}: "
         f"difference {result.difference:+.4f} ({pct}% CI {result.ci_low:+.4f} to "
         f"{result.ci_high:+.4f})"
     )

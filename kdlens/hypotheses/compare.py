@@ -18,13 +18,19 @@ real teacher (``a``) and from one of its controls, typically the LS-equivalent t
 Verdict: ``"knowledge distillation"`` when ``a`` beats ``b`` significantly — the CI lies
 above 0, McNemar ``p < alpha`` and, when it could be run, the seed-level test has
 ``p < alpha`` with a positive mean difference; otherwise ``"regularization effect"``.
+
+Students trained with no teacher (``distill --plain``: ``plain: true`` in their config
+metadata) on the control side make the question another one: does the teacher help at
+all? :func:`compare_stores` then says so (``comparison = "teacher vs no teacher"``) and
+its verdict is :data:`TEACHER_HELPS` or :data:`TEACHER_DOES_NOT_HELP`, never
+"regularization effect" (which names a control teacher's effect).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,10 +47,18 @@ __all__ = [
     "compare_stores",
     "KNOWLEDGE_DISTILLATION",
     "REGULARIZATION_EFFECT",
+    "TEACHER_DOES_NOT_HELP",
+    "TEACHER_HELPS",
 ]
 
 KNOWLEDGE_DISTILLATION = "knowledge distillation"
 REGULARIZATION_EFFECT = "regularization effect"
+#: Verdicts when the control students had no teacher (``distill --plain``).
+TEACHER_HELPS = "the teacher helps versus no teacher"
+TEACHER_DOES_NOT_HELP = "the teacher does not help versus no teacher"
+#: What a comparison compares (``StudentComparison.comparison``).
+VERSUS_CONTROL = "teacher vs control teacher"
+VERSUS_NO_TEACHER = "teacher vs no teacher"
 
 
 @dataclass(frozen=True)
@@ -73,6 +87,8 @@ class StudentComparison:
     #: Why the verdict: which evidence made it, or which test kept it from
     #: "knowledge distillation" (the control better, or no significant difference).
     reason: str = ""
+    #: What was compared: :data:`VERSUS_CONTROL` or :data:`VERSUS_NO_TEACHER`.
+    comparison: str = VERSUS_CONTROL
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -232,11 +248,15 @@ def _student_predictions(store: Any, split: str) -> list[dict[str, Any]]:
             preds.append(batch.logits.argmax(axis=1))
             labels.append(batch.labels)
         cfg = store.checkpoint_metadata(run, ckpt).get("config") or {}
+        cfg = cfg if isinstance(cfg, dict) else {}
         students.append(
             {
                 "run": run,
                 "checkpoint": ckpt,
-                "seed": cfg.get("seed") if isinstance(cfg, dict) else None,
+                "seed": cfg.get("seed"),
+                # distill --plain records plain: true (alpha 0, no teacher run).
+                "plain": bool(cfg.get("plain"))
+                or (cfg.get("alpha") == 0 and "teacher_run" in cfg and not cfg["teacher_run"]),
                 "ids": np.concatenate(ids),
                 "pred": np.concatenate(preds),
                 "label": np.concatenate(labels),
@@ -353,6 +373,7 @@ def compare_stores(
         confidence=0.95,
         alpha=alpha,
     )
+    result = _with_plain_sides(result, got)
     schema = {
         "side": pl.Utf8,
         "run": pl.Utf8,
@@ -362,3 +383,29 @@ def compare_stores(
         "accuracy": pl.Float64,
     }
     return pl.DataFrame(rows, schema=schema), result
+
+
+def _with_plain_sides(
+    result: StudentComparison, got: dict[str, list[dict[str, Any]]]
+) -> StudentComparison:
+    """Say what was compared when a side's students had no teacher (module docstring)."""
+    plain = {side: [s["plain"] for s in students] for side, students in got.items()}
+    if all(plain["control"]) and not any(plain["real"]):
+        helps = result.verdict == KNOWLEDGE_DISTILLATION
+        why = result.reason.replace("the real teacher's students", "the teacher's students")
+        why = why.replace("no significant advantage for the real teacher", "no significant gain")
+        if why.startswith("the control's students are significantly better"):
+            why = "students trained with no teacher are significantly better than the teacher's"
+        return replace(
+            result,
+            verdict=TEACHER_HELPS if helps else TEACHER_DOES_NOT_HELP,
+            comparison=VERSUS_NO_TEACHER,
+            reason=f"the control students had no teacher (distill --plain); {why}",
+        )
+    if any(plain["real"]):
+        return replace(
+            result,
+            reason=result.reason + "; note: the first (real-teacher) side holds students "
+            "trained with no teacher (distill --plain): the sides may be swapped",
+        )
+    return result

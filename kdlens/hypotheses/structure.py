@@ -38,7 +38,8 @@ Two ways to draw the null (``method``):
     examples or the data are small anyway; otherwise ``"analytic"``.
 
 K = 2: the non-target distribution is a point mass, so ``SI = 0`` always and the test
-reports ``p = 1`` with ``method = "degenerate"``.
+reports ``p = 1`` with ``method = "degenerate"``; its verdict (:func:`structure_verdict`) is
+:data:`NOT_APPLICABLE_K2`, never "no structure".
 """
 
 from __future__ import annotations
@@ -51,13 +52,16 @@ import numpy as np
 from scipy.special import xlogy
 
 from kdlens._internal.checks import check_logits_labels, check_positive_int, check_temperature
-from kdlens._internal.defaults import N_PERMUTATIONS
+from kdlens._internal.defaults import ALPHA, N_PERMUTATIONS
 from kdlens.errors import InputError
 from kdlens.measures.similarity import SimilarityResult
 from kdlens.measures.similarity.matrix import _nontarget_logq
 
 __all__ = [
+    "NOT_APPLICABLE_K2",
+    "WEAK_EFFECT",
     "StructureTestResult",
+    "structure_verdict",
     "structure_test",
     "structure_test_from_result",
 ]
@@ -67,6 +71,36 @@ EXACT_BUDGET = 20_000_000
 #: Smallest class size from which the analytic null is trusted by ``method="auto"``.
 ANALYTIC_MIN_CLASS = 30
 _METHODS = ("auto", "exact", "analytic")
+
+#: Below this SI / log(K − 1) a significant structure is called weak.
+WEAK_EFFECT = 0.05
+#: The verdict with two classes, where the test cannot apply.
+NOT_APPLICABLE_K2 = "not applicable (K = 2: the non-target distribution has one class)"
+NO_STRUCTURE = "no structure detected: regularization effect only"
+WEAK_STRUCTURE = "structure significant but weak"
+STRUCTURE = "class-similarity structure: knowledge to distill"
+
+
+def structure_verdict(
+    p_value: float | None,
+    normalized_effect: float | None,
+    num_classes: int | None,
+    *,
+    alpha: float = ALPHA,
+) -> str:
+    """The verdict of one structure test: :data:`NOT_APPLICABLE_K2` when K = 2, else by
+    ``p_value`` at ``alpha`` and the effect ``SI / log(K − 1)`` (weak below
+    :data:`WEAK_EFFECT`); "" when the test did not run."""
+    if num_classes is not None and int(num_classes) <= 2:
+        return NOT_APPLICABLE_K2
+    if p_value is None or not math.isfinite(float(p_value)):
+        return ""
+    if float(p_value) >= alpha:
+        return NO_STRUCTURE
+    eff = normalized_effect
+    if eff is not None and math.isfinite(float(eff)) and float(eff) < WEAK_EFFECT:
+        return WEAK_STRUCTURE
+    return STRUCTURE
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-__all__ = ["edge_advice", "pareto", "reason", "sweet_spot"]
+__all__ = ["edge_advice", "pareto", "reason", "split_bootstrap", "sweet_spot"]
 
 
 def _fmt_ck(r: dict[str, Any]) -> str:
@@ -22,6 +22,12 @@ def _fmt_ck(r: dict[str, Any]) -> str:
     return f"{r['run']}/{r['checkpoint']}" + (f" ({where})" if where else "")
 
 
+def _nll_phrase(r: dict[str, Any]) -> str:
+    if r.get("fitted_temperature_at_bound"):
+        return "held-out NLL at T = 1 (its temperature fit reached a bound)"
+    return "held-out NLL after a temperature fit"
+
+
 def reason(
     frame: pl.DataFrame, best: dict[str, Any], *, basis: str, bootstrapped: bool
 ) -> tuple[bool | None, str]:
@@ -32,16 +38,16 @@ def reason(
         bits.append(
             f"held-out accuracy {100 * best['accuracy_heldout']:.2f}% "
             f"(best of all {100 * top_acc:.2f}%), "
-            f"held-out NLL after a temperature fit {best['nll_fit_heldout']:.4f} nats "
-            f"(best of all {np.nanmin(frame['nll_fit_heldout'].to_numpy()):.4f})"
+            f"{_nll_phrase(best)} {best['nll_scored_heldout']:.4f} nats "
+            f"(best of all {np.nanmin(frame['nll_scored_heldout'].to_numpy()):.4f})"
         )
         most = frame.filter(pl.col("accuracy_heldout") == top_acc).row(0, named=True)
         same = (most["run"], most["checkpoint"]) == (best["run"], best["checkpoint"])
         if not same:
             dm_b, dm_m = best["dark_mass_transfer"], most["dark_mass_transfer"]
             why = (
-                f"the most accurate checkpoint {most['run']}/{most['checkpoint']} has held-out "
-                f"NLL {most['nll_fit_heldout']:.4f}"
+                f"the most accurate checkpoint {most['run']}/{most['checkpoint']} has "
+                f"{_nll_phrase(most)} {most['nll_scored_heldout']:.4f}"
             )
             if dm_m and np.isfinite(dm_m) and abs(math.log(max(dm_b, 1e-300) / dm_m)) > 0.1:
                 why += (
@@ -65,16 +71,44 @@ def reason(
     second = frame.row(1, named=True)
     overlap = second["rank_low"] <= best["rank_high"] and best["score_high"] >= second["score_low"]
     contenders = frame.filter(pl.col("probability_best") >= 0.05)
-    if p < 0.5 or (overlap and p < 0.8):
+    split = split_bootstrap(frame, best)
+    if p < 0.5 or (overlap and p < 0.8) or split:
         names = ", ".join(
             f"{r['run']}/{r['checkpoint']} ({r['probability_best']:.2f})"
             for r in contenders.iter_rows(named=True)
         )
         return False, (
-            f"{text}. The top choices cannot be told apart: P(best) of the top is {p:.2f}; "
-            f"plausible best: {names or 'several'}"
+            f"{text}. The top choices cannot be told apart: P(best score) of the top is {p:.2f}; "
+            f"plausible best: {names or 'several'}." + (f" {split}" if split else "")
         )
-    return True, f"{text}. P(best) = {p:.2f} over the bootstrap."
+    return True, f"{text}. P(best score) = {p:.2f} over the bootstrap."
+
+
+def split_bootstrap(frame: pl.DataFrame, best: dict[str, Any]) -> str:
+    """One sentence when another checkpoint has a higher P(best score) than the pick, else "".
+
+    The rule (:data:`~kdlens.recommend.result.PICK_RULE`): the pick is the best score on
+    all examples; the bootstrap may still favour another checkpoint, and then says so.
+    """
+    p = best.get("probability_best")
+    if p is None or not math.isfinite(p):
+        return ""
+    probs = frame["probability_best"].fill_nan(None)
+    i = probs.arg_max()
+    if i is None:
+        return ""
+    top = frame.row(int(i), named=True)
+    if top["probability_best"] <= p or (top["run"], top["checkpoint"]) == (
+        best["run"],
+        best["checkpoint"],
+    ):
+        return ""
+    return (
+        f"{top['run']}/{top['checkpoint']} has the higher P(best score) "
+        f"({top['probability_best']:.2f} vs {p:.2f}), but {best['run']}/{best['checkpoint']} "
+        "is named because kdlens recommends the best score on all examples (the point "
+        "estimate) and the bootstrap is split between them."
+    )
 
 
 def _grid_axes(frame: pl.DataFrame) -> tuple[str, str]:

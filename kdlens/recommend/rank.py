@@ -181,7 +181,9 @@ def _from_summary(
     if signals.height and not math.isclose(float(signals["temperature"][0]), temperature):
         collapse_weight = 0.0
     if n_bootstrap:
-        notes.append("an analysis summary has no per-example values: no bootstrap, no P(best)")
+        notes.append(
+            "an analysis summary has no per-example values: no bootstrap, no P(best score)"
+        )
     return compute_recommendation(
         signals,
         {},

@@ -8,12 +8,19 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdlens._internal.defaults import OEMC_DELTA, TRANSFER_SPLIT
+from kdlens._internal.defaults import (
+    OEMC_DELTA,
+    SMALL_HELDOUT_N,
+    SMALL_HELDOUT_PER_CLASS,
+    TEMPERATURE_BOUNDS,
+    TRANSFER_SPLIT,
+)
 from kdlens.errors import InputError
 from kdlens.measures.registry import metric
-from kdlens.recommend.advice import edge_advice, pareto, reason, sweet_spot
+from kdlens.recommend.advice import edge_advice, pareto, reason, split_bootstrap, sweet_spot
 from kdlens.recommend.result import (
     DEFAULT_COLLAPSE_WEIGHT,
+    DEFAULT_TEMPERATURE,
     Recommendation,
     key_of,
     score_definition,
@@ -39,6 +46,8 @@ RANKING_COLUMNS = (
     "nll_heldout",
     "nll_fit_heldout",
     "fitted_temperature",
+    "fitted_temperature_at_bound",
+    "nll_scored_heldout",
     "entropy_heldout",
     "dark_mass_heldout",
     "accuracy_transfer",
@@ -68,7 +77,9 @@ def score_checkpoints(
     """kdlens's score from signal columns (arrays of any shape broadcast together).
 
     ``score = -(nll_fit_heldout + w * max(0, log(dark_mass_heldout / dark_mass_transfer)))``,
-    higher is better. Without a transfer split the collapse term is 0. Without a
+    higher is better. Where ``fitted_temperature_at_bound`` is true (a degenerate fit,
+    :func:`scored_nll`) the raw held-out NLL at T = 1 stands in for ``nll_fit_heldout``.
+    Without a transfer split the collapse term is 0. Without a
     held-out split the score falls back to ``-(nll_fit_transfer + w * max(0,
     log(0.05 / dark_mass_transfer)))`` (collapse below the OEMC threshold), which
     cannot see memorisation; :func:`recommend` marks such rankings.
@@ -78,7 +89,7 @@ def score_checkpoints(
         v = signals[name]
         return np.asarray(v.to_numpy() if isinstance(v, pl.Series) else v, dtype=np.float64)
 
-    nll_h = col("nll_fit_heldout")
+    nll_h = scored_nll(signals)
     dm_t = col("dark_mass_transfer")
     collapse = _collapse(col("dark_mass_heldout"), dm_t)
     score = -(nll_h + collapse_weight * np.where(np.isnan(collapse), 0.0, collapse))
@@ -87,6 +98,23 @@ def score_checkpoints(
         + collapse_weight * np.maximum(0.0, math.log(OEMC_DELTA) - _safe_log(dm_t))
     )
     return np.where(np.isfinite(nll_h), score, fallback)
+
+
+def scored_nll(signals: pl.DataFrame | dict[str, Any]) -> np.ndarray:
+    """The held-out NLL the score uses: after the temperature fit, except where the fit
+    reached a bound of its search (``fitted_temperature_at_bound``): there the fit is
+    degenerate (e.g. a separable held-out split drives T and the NLL towards 0) and the
+    raw held-out NLL at T = 1 (``nll_heldout``) is used instead."""
+
+    def col(name: str) -> np.ndarray:
+        v = signals[name]
+        return np.asarray(v.to_numpy() if isinstance(v, pl.Series) else v, dtype=np.float64)
+
+    nll_fit = col("nll_fit_heldout")
+    if "fitted_temperature_at_bound" not in signals or "nll_heldout" not in signals:
+        return nll_fit
+    at_bound = col("fitted_temperature_at_bound") > 0
+    return np.where(at_bound, col("nll_heldout"), nll_fit)
 
 
 def _safe_log(x: np.ndarray) -> np.ndarray:
@@ -159,6 +187,7 @@ def _bootstrap_summaries(
     boot: dict[str, dict[str, np.ndarray]],
     n_bootstrap: int,
     collapse_weight: float,
+    at_bound: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Score replicates -> P(best) (ties share the win), 95% rank and score intervals."""
     n = len(keys)
@@ -174,6 +203,8 @@ def _bootstrap_summaries(
     reps = {name: np.stack([boot[name][k] for k in keys]) for name in boot}
     for name in _SCORE_INPUTS:
         reps.setdefault(name, np.full((n, n_bootstrap), np.nan))
+    if at_bound is not None and "nll_heldout" in reps:
+        reps["fitted_temperature_at_bound"] = at_bound.astype(np.float64)[:, None]
     sb = score_checkpoints(reps, collapse_weight=collapse_weight)  # (n, B)
     sb = np.where(np.isfinite(sb), sb, -np.inf)
     best = sb.max(axis=0)
@@ -191,6 +222,39 @@ def _ranks_desc(sb: np.ndarray) -> np.ndarray:
     from scipy.stats import rankdata
 
     return rankdata(-sb, axis=0, method="average")
+
+
+def fit_notes(frame: pl.DataFrame) -> list[str]:
+    """Notes on degenerate temperature fits and on a small held-out split, with the numbers."""
+    notes = []
+    lo, hi = TEMPERATURE_BOUNDS
+    for r in frame.filter(pl.col("fitted_temperature_at_bound")).iter_rows(named=True):
+        notes.append(
+            f"{key_of(r['run'], r['checkpoint'])}: the temperature fit reached the bound of its "
+            f"search (T = {r['fitted_temperature']:.4g}, search [{lo:g}, {hi:g}]), so its NLL "
+            f"after the fit ({r['nll_fit_heldout']:.4g}) is degenerate (a held-out split the "
+            "teacher separates drives it to 0); it is scored with its raw held-out NLL at "
+            f"T = 1 ({r['nll_heldout']:.4g}) instead"
+        )
+    n = frame["n_labeled_heldout"].drop_nulls()
+    mc = frame["min_class_heldout"].drop_nulls()
+    n_min = int(n.min()) if n.len() else None  # type: ignore[arg-type]
+    mc_min = int(mc.min()) if mc.len() else None  # type: ignore[arg-type]
+    small_n = n_min is not None and 0 < n_min < SMALL_HELDOUT_N
+    small_c = mc_min is not None and mc_min < SMALL_HELDOUT_PER_CLASS
+    if small_n or small_c:
+        bits = []
+        if n_min is not None:
+            bits.append(f"{n_min:,} labelled example(s)")
+        if mc_min is not None:
+            bits.append(f"{mc_min} in its smallest class")
+        notes.append(
+            f"the held-out split is small ({', '.join(bits)}; kdlens calls a held-out split "
+            f"small below {SMALL_HELDOUT_N} labelled examples or {SMALL_HELDOUT_PER_CLASS} per "
+            "class): its NLL, temperature fit and P(best score) are noisy; hold out more "
+            "examples if you can"
+        )
+    return notes
 
 
 def nothing_to_rank(signals: pl.DataFrame, notes: list[str], **context: Any) -> Recommendation:
@@ -234,16 +298,29 @@ def compute_recommendation(
         n_bootstrap=n_bootstrap,
         score_definition=score_definition(temperature, collapse_weight),
     )
+    if not math.isclose(temperature, DEFAULT_TEMPERATURE) and collapse_weight > 0:
+        # (With no collapse term, as from an analysis at another T, T plays no part.)
+        notes.append(
+            f"ranked at T = {temperature:g}: the score (its collapse weight, and NLL over "
+            f"accuracy) was validated at T = {DEFAULT_TEMPERATURE:g} (examples/VALIDATION.md); "
+            "at another T the pick can change without being better"
+        )
     if signals.height < 2:
         return nothing_to_rank(signals, notes, **context)
     basis = _basis(signals, notes)
     score = score_checkpoints(signals, collapse_weight=collapse_weight)
     dm_h, dm_t = signals["dark_mass_heldout"].to_numpy(), signals["dark_mass_transfer"].to_numpy()
-    frame = signals.with_columns(score=pl.Series(score), collapse=pl.Series(_collapse(dm_h, dm_t)))
+    frame = signals.with_columns(
+        score=pl.Series(score),
+        collapse=pl.Series(_collapse(dm_h, dm_t)),
+        nll_scored_heldout=pl.Series(scored_nll(signals)),
+    )
     frame = _baseline_scores(frame)
     keys = [key_of(r, c) for r, c in zip(frame["run"], frame["checkpoint"], strict=False)]
     n = frame.height
-    bs = _bootstrap_summaries(keys, boot, n_bootstrap, collapse_weight)
+    at_bound = frame["fitted_temperature_at_bound"].to_numpy()
+    bs = _bootstrap_summaries(keys, boot, n_bootstrap, collapse_weight, at_bound)
+    notes.extend(fit_notes(frame))
     order = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf)))
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(1, n + 1)
@@ -271,5 +348,6 @@ def compute_recommendation(
         notes=notes,
         distinguishable=distinguishable,
         basis=basis,
+        pick_note=split_bootstrap(frame, best) if n_bootstrap and boot else "",
         **context,
     )

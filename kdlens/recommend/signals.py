@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from kdlens._internal.defaults import HELDOUT_SPLITS, TEMPERATURE_BOUNDS, TRANSFER_SPLIT
-from kdlens.analysis.parts import fitted_temperatures
+from kdlens.analysis.parts import at_temperature_bound, fitted_temperatures
 from kdlens.analysis.passes import CheckOptions, PartPlan, PartResult, run_pass
 from kdlens.errors import InputError, StoreError
 from kdlens.measures.registry import metric
@@ -170,6 +170,11 @@ class RecommendRequest:
             ).similarity_information
         if fit is not None:
             row["fitted_temperature"], row["nll_fitted"] = fit.temperature, fit.nll
+            row["fitted_temperature_at_bound"] = fit.at_bound
+        if r.tfit is not None and r.tfit.n:
+            # The smallest class of the fit's sample (the whole split when it is small).
+            counts = np.bincount(r.tfit._y, minlength=r.tfit.num_classes)
+            row["min_class_count"] = int(counts.min())
         return row
 
     def _replicates(self, r: PartResult, fit: Any, weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -286,11 +291,28 @@ def _signal_rows(
         for role, d in parts.items():
             row[f"n_{role}"] = 0 if d is None else (None if d.get("n") is None else int(d["n"]))
         row["fitted_temperature"] = _get(parts["heldout"], "fitted_temperature")
+        row["fitted_temperature_at_bound"] = _at_bound(parts["heldout"])
+        h = parts["heldout"] or {}
+        n_lab = h.get("n_labeled", h.get("n"))
+        row["n_labeled_heldout"] = None if n_lab is None else int(n_lab)
+        mc = h.get("min_class_count")
+        row["min_class_heldout"] = None if mc is None else int(mc)
         for s in SIGNALS:
             col = nll_fit_col if s.metric == "nll_fitted" else metric(s.metric).column
             row[s.column] = _get(parts[s.role], col)
         rows.append(row)
     return rows
+
+
+def _at_bound(d: dict[str, Any] | None) -> bool:
+    """The held-out fit's bound flag (analyses before the flag: from the fitted T)."""
+    if d is None:
+        return False
+    flag = d.get("fitted_temperature_at_bound")
+    if flag is not None:
+        return bool(flag)
+    t = d.get("fitted_temperature")
+    return t is not None and at_temperature_bound(float(t))
 
 
 def _get(d: dict[str, Any] | None, col: str) -> float | None:
@@ -311,12 +333,17 @@ def signal_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
         "n_heldout": pl.Int64,
         "n_transfer": pl.Int64,
         "fitted_temperature": pl.Float64,
+        "fitted_temperature_at_bound": pl.Boolean,
+        "n_labeled_heldout": pl.Int64,
+        "min_class_heldout": pl.Int64,
     }
     for s in SIGNALS:
         schema[s.column] = pl.Float64
     full = [{c: r.get(c) for c in schema} for r in rows]
     frame = pl.DataFrame(full, schema=schema, orient="row") if full else pl.DataFrame(schema=schema)
-    return frame.with_columns(pl.col(pl.Float64).fill_null(float("nan")))
+    return frame.with_columns(
+        pl.col(pl.Float64).fill_null(float("nan")), pl.col(pl.Boolean).fill_null(False)
+    )
 
 
 # ------------------------------------------------------------------ signals from an analysis

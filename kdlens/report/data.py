@@ -42,9 +42,6 @@ from kdlens.store.reader import LogitsStore, open_store
 
 __all__ = ["ANALYSIS_TABLES", "ReportData", "collect_report_data"]
 
-#: Significance level of the structure-test verdicts, and the effect size below
-#: which a significant structure is called weak (SI / log(K − 1)).
-WEAK_EFFECT = 0.05
 #: Checkpoints x K^2 cells above which the similarity selector offers fewer checkpoints.
 _MAX_SIMILARITY_CELLS = 60_000
 _ENTROPY_BINS = ENTROPY_BINS

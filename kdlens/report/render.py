@@ -21,11 +21,10 @@ from kdlens._internal.atomic import write_bytes_atomic
 from kdlens._internal.defaults import ALPHA
 from kdlens._version import __version__
 from kdlens.errors import InputError
+from kdlens.hypotheses.structure import WEAK_EFFECT, structure_verdict
+from kdlens.recommend.result import PICK_RULE
 from kdlens.report.charts import teacher_label
-from kdlens.report.data import (
-    WEAK_EFFECT,
-    ReportData,
-)
+from kdlens.report.data import ReportData
 from kdlens.report.sections import (
     Section,
     report_charts,
@@ -181,16 +180,28 @@ def _recommendation_html(data: ReportData) -> str:
             ]
             where = ", ".join(b for b in bits if b)
             p = best.get("probability_best")
+            has_p = isinstance(p, float) and math.isfinite(p)
+            n_boot = int(getattr(rec, "n_bootstrap", 0) or 0)
             inner = (
                 f'<p class="pick">Distill from <b>{_e(key)}</b>'
                 + (f" ({_e(where)})" if where else "")
-                + (f", P(best) = {p:.2f}" if isinstance(p, float) and math.isfinite(p) else "")
+                + (f", P(best score) = {p:.2f}" if has_p else "")
                 + "</p>"
+                + (
+                    f'<p class="pick-note">{_e(rec.pick_note)}</p>'
+                    if getattr(rec, "pick_note", "")
+                    else ""
+                )
                 + f"<p>{_e(getattr(rec, 'reason', ''))}</p>"
                 + f'<p class="caption">Ranked at T = {getattr(rec, "temperature", float("nan")):g} '
                 + "(the distillation temperature the score was validated at; the soft-label "
                 + "charts below use the analysis temperature). "
-                + f"{_e(getattr(rec, 'score_definition', '') or '')}</p>"
+                + f"{_e(getattr(rec, 'score_definition', '') or '')}. "
+                + (
+                    f"{_e(rec.probability_best_definition)}; {_e(PICK_RULE)}.</p>"
+                    if n_boot and hasattr(rec, "probability_best_definition")
+                    else "No bootstrap: P(best score) was not computed.</p>"
+                )
             )
             advice = list(getattr(rec, "advice", []) or [])
             if advice:
@@ -216,7 +227,7 @@ def _ranking_html(data: ReportData, top: int = 10) -> str:
         ("run", "run", ""),
         ("checkpoint", "checkpoint", ""),
         ("score", "score", ".4f"),
-        ("probability_best", "P(best)", ".2f"),
+        ("probability_best", "P(best score)", ".2f"),
         ("accuracy_heldout", "held-out acc.", ".2%"),
         ("dark_mass_transfer", f"dark mass (train{at})", ".4f"),
         ("similarity_information_transfer", f"SI (train{at})", ".4f"),
@@ -224,21 +235,43 @@ def _ranking_html(data: ReportData, top: int = 10) -> str:
     cols = [c for c in cols if c[0] in ranking.columns]
     head = "".join(f"<th>{_e(t)}</th>" for _, t, _ in cols)
     rows = []
+    flagged = False
     for r in ranking.head(top).iter_rows(named=True):
+        # † marks a temperature fit at its bound (scored with the raw held-out NLL).
+        mark = bool(r.get("fitted_temperature_at_bound"))
+        flagged |= mark
         rows.append(
             "<tr>"
             + "".join(
-                f"<td>{_e(_fmt(r[c], f) if f and f != 'd' else _fmt(r[c]))}</td>"
+                f"<td>{_e(_fmt(r[c], f) if f and f != 'd' else _fmt(r[c]))}"
+                + (" †" if mark and c == "score" else "")
+                + "</td>"
                 for c, _, f in cols
             )
             + "</tr>"
         )
+    foot = (
+        '<p class="caption">† temperature fit at the bound of its search: scored with the raw '
+        "held-out NLL at T = 1 (see the notes).</p>"
+        if flagged
+        else ""
+    )
     return (
         f'<section class="card" id="sec-ranking"><h2>Ranking (top {min(top, ranking.height)} of '
         f'{ranking.height})</h2><div class="scroll"><table class="data">'
         f"<thead><tr>{head}</tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></div></section>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>{foot}</section>"
     )
+
+
+def _permutations_said(s: pl.DataFrame) -> str:
+    """How many null draws the structure tests used, as the analysis recorded it."""
+    if "structure_permutations" not in s.columns:
+        return ""
+    counts = sorted({int(v) for v in s["structure_permutations"].drop_nulls().to_list()})
+    if not counts:
+        return ""
+    return f" Null draws per test: {', '.join(f'{c:,}' for c in counts)}."
 
 
 def _hypothesis_html(data: ReportData) -> str:
@@ -251,7 +284,7 @@ def _hypothesis_html(data: ReportData) -> str:
         "a significant structure with "
         f"SI / log(K−1) < {WEAK_EFFECT:g} is called weak "
         "(with many examples any real teacher rejects "
-        "H0, so read the effect size)."
+        "H0, so read the effect size). With K = 2 the test does not apply." + _permutations_said(s)
     )
     if "structure_p_value" not in s.columns or s["structure_p_value"].null_count() == s.height:
         return (
@@ -265,20 +298,23 @@ def _hypothesis_html(data: ReportData) -> str:
         (c for c in ("similarity_information_normalized", "structure_effect") if c in df.columns),
         None,
     )
+    classes = {
+        "not applicable": "v-na",
+        "no structure": "v-reg",
+        "structure significant but weak": "v-weak",
+    }
     rows = []
     for r in df.iter_rows(named=True):
         p = float(r["structure_p_value"])
         eff = r.get(eff_col) if eff_col else None
-        if p >= ALPHA:
-            verdict, cls = "no structure detected: regularization effect only", "v-reg"
-        elif eff is not None and math.isfinite(float(eff)) and float(eff) < WEAK_EFFECT:
-            verdict, cls = "structure significant but weak", "v-weak"
-        else:
-            verdict, cls = "class-similarity structure: knowledge to distill", "v-kd"
+        # The one verdict rule (the analysis summary's structure_verdict column uses it too).
+        verdict = structure_verdict(p, eff, data.num_classes)
+        cls = next((c for k, c in classes.items() if verdict.startswith(k)), "v-kd")
+        shown_p = "—" if data.num_classes == 2 else _fmt(p, ".4g")
         rows.append(
             f"<tr><td>{_e(teacher_label(r['run'], r['checkpoint']))}</td><td>{_e(r['split'])}</td>"
             f"<td>{_e(_fmt(r.get('similarity_information')))}</td><td>{_e(_fmt(eff))}</td>"
-            f"<td>{_e(_fmt(p, '.4g'))}</td><td class='{cls}'>{_e(verdict)}</td></tr>"
+            f"<td>{_e(shown_p)}</td><td class='{cls}'>{_e(verdict)}</td></tr>"
         )
     head = "".join(
         f"<th>{h}</th>"

@@ -112,12 +112,18 @@ def _grid_sections(data: ReportData, add: _Add) -> None:
     )
 
 
+#: Why the class-similarity charts are absent with two classes.
+_K2 = "K = 2: the non-target distribution has one class, so there is no class similarity to show"
+
+
 def _similarity_sections(data: ReportData, add: _Add) -> None:
     """The heatmap and the class graph of the focus checkpoint."""
     sim_split, S, order, clusters = _focus_matrix(data)
     focus = teacher_label(*data.focus) if data.focus else "—"
 
     def heat() -> Any:
+        if data.num_classes == 2:
+            raise ChartUnavailable(_K2)
         if S is None or data.similarity is None:
             raise ChartUnavailable("the input has no similarity table for this checkpoint")
         teachers = _similarity_teachers(data, sim_split)
@@ -140,6 +146,8 @@ def _similarity_sections(data: ReportData, add: _Add) -> None:
     )
 
     def graph() -> Any:
+        if data.num_classes == 2:
+            raise ChartUnavailable(_K2)
         if S is None:
             raise ChartUnavailable("the input has no similarity table for this checkpoint")
         edges = _focus_edges(data, sim_split, S)
