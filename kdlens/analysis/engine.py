@@ -38,6 +38,7 @@ import polars as pl
 
 from kdlens._internal.atomic import atomic_path
 from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
+from kdlens._internal.lock import locked_output
 from kdlens.analysis.examples_file import ExamplesWriter
 from kdlens.analysis.parts import fitted_temperatures, select_parts
 from kdlens.analysis.passes import CheckOptions, Extra, PartPlan, PartResult, run_pass
@@ -79,6 +80,7 @@ class AnalysisResult:
 
     TABLES = ("summary", "classes", "similarity", "edges", "calibration")
 
+    @locked_output("directory", directory=False)
     def write(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``<table>.parquet`` for each table into ``directory`` (tmp file, then rename)."""
         out = Path(directory)
@@ -187,6 +189,7 @@ def analysis_request(
     )
 
 
+@locked_output("per_example_path", parent=True)
 def analyze(
     store: Any,
     *,

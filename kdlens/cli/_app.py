@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
-from kdlens.errors import KdlensError
+from kdlens.errors import EXIT_INTERRUPTED, EXIT_OS_ERROR, KdlensError
 
 app = typer.Typer(
     name="kdlens",
@@ -69,15 +72,37 @@ def cli_words(message: str, flags: dict[str, str]) -> str:
     return _PARAMETER.sub(say, message)
 
 
-def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -> Any:
-    """Turn library errors into one line on stderr and a non-zero exit code.
+#: Parameters that name a command's output: directories the command created are
+#: removed again (when empty) if it fails.
+OUTPUT_PARAMETERS = ("out", "output")
 
-    Library messages that name a parameter in backticks are said with this command's
-    flags; ``flags`` adds names the signature does not have (``student.epochs``).
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path(s), the reason and the errno name."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0)
+    if code and code not in reason:
+        reason = f"{reason} ({code})"
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return reason
+    return f"{' -> '.join(paths)}: {reason}"
+
+
+def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -> Any:
+    """The one error boundary: every failure is one line on stderr and an exit code.
+
+    Library errors exit with their ``exit_code`` (2 bad input, 4 locked); an OSError
+    (disk full, permission, read-only, not a directory, ...) or MemoryError exits 3;
+    Ctrl-C exits 130 (codes: :mod:`kdlens.errors`). On failure, output directories the
+    command created and left empty are removed. Library messages that name a parameter
+    in backticks are said with this command's flags; ``flags`` adds names the signature
+    does not have (``student.epochs``).
     """
     if fn is None:
         return functools.partial(handle_errors, flags=flags)
     words = {**cli_flags(fn), **(flags or {})}
+    signature = inspect.signature(fn)
 
     def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         # One line on stderr, as for errors: no source line or Python location.
@@ -88,14 +113,60 @@ def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         shown = warnings.showwarning
         warnings.showwarning = show_warning
+        created = _absent_outputs(signature, args, kwargs)
+        ok = False
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            ok = True
+            return result
         except KdlensError as exc:
             fail(cli_words(str(exc), words), exc.exit_code)
+        except OSError as exc:
+            fail(os_error_line(exc), EXIT_OS_ERROR)
+        except MemoryError:
+            fail("out of memory (MemoryError); see KDLENS_MEMORY_LIMIT", EXIT_OS_ERROR)
         except KeyboardInterrupt:
             err_console.print("interrupted")
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         finally:
             warnings.showwarning = shown
+            if not ok:
+                _remove_empty(created)
 
     return wrapper
+
+
+def _absent_outputs(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[Path, Path]]:
+    """(output, its first missing ancestor-or-self) for each output that does not exist yet."""
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        return []
+    out = []
+    for name in OUTPUT_PARAMETERS:
+        value = bound.arguments.get(name)
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            continue
+        path = Path(os.path.abspath(value))
+        top = None
+        for p in (path, *path.parents):
+            if os.path.lexists(p):
+                break
+            top = p
+        if top is not None:
+            out.append((path, top))
+    return out
+
+
+def _remove_empty(created: list[tuple[Path, Path]]) -> None:
+    """Remove the empty directories between each output and the first one that was absent."""
+    for path, top in created:
+        for p in (path, *path.parents):
+            try:
+                p.rmdir()  # only ever removes an empty directory
+            except OSError:
+                pass
+            if p == top:
+                break

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.special import logsumexp
 
+from kdlens._internal.lock import locked_output
 from kdlens.errors import InputError
 from kdlens.store.writer import CheckpointWriter
 
@@ -49,6 +50,7 @@ class ImportedCheckpoint:
     rows: int
 
 
+@locked_output("out")
 def import_files(
     files: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
