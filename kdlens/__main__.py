@@ -4,10 +4,11 @@ import sys
 
 from kdlens._internal import interrupt
 
-interrupt.install()
 try:
+    interrupt.install()
     from kdlens.cli import main
 except KeyboardInterrupt:  # Ctrl-C while the command modules import
+    print("interrupted", file=sys.stderr)
     sys.exit(interrupt.EXIT_INTERRUPTED)
 
 main()

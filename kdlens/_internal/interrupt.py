@@ -4,7 +4,7 @@ Python's own handler raises KeyboardInterrupt wherever the main thread happens t
 Where that is a weakref callback or a ``__del__`` (importlib's ``_get_module_lock`` during
 an import, for one), the exception is "ignored" and the program carries on: a dump went
 on training for a minute after Ctrl-C. :func:`install` makes such a swallowed interrupt
-be delivered again, and a watchdog ends the process if it still runs 2.5 s after the
+be delivered again, and a watchdog ends the process if it still runs 2 s after the
 first Ctrl-C. Light: imported before anything else by ``python -m kdlens``.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 __all__: list[str] = []
 
 #: Seconds after the first Ctrl-C at which the watchdog ends the process.
-GRACE_SECONDS = 2.5
+GRACE_SECONDS = 2.0
 EXIT_INTERRUPTED = 130  # kdlens.errors.EXIT_INTERRUPTED, restated to keep this module light
 
 _state = {"interrupted": False}
@@ -37,6 +37,8 @@ def install() -> None:
     global _previous_hook
     if threading.current_thread() is not threading.main_thread():
         return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return  # started with Ctrl-C ignored (nohup, `cmd &` in a script): keep it so
     signal.signal(signal.SIGINT, _on_sigint)
     if _previous_hook is None:
         _previous_hook = sys.unraisablehook

@@ -81,6 +81,9 @@ def os_error_line(exc: OSError) -> str:
     """One line for an OSError: the path(s), the reason and the errno name."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     code = errno.errorcode.get(exc.errno or 0)
+    if code == "EEXIST" and exc.filename is not None and os.path.isfile(exc.filename):
+        # mkdir(parents=True) says "File exists" for a file where a directory should be
+        reason, code = f"{os.strerror(errno.ENOTDIR)}, a file is in the way", "ENOTDIR"
     if code and code not in reason:
         reason = f"{reason} ({code})"
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
@@ -119,21 +122,35 @@ def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -
             result = fn(*args, **kwargs)
             ok = True
             return result
-        except KdlensError as exc:
-            fail(cli_words(str(exc), words), exc.exit_code)
-        except OSError as exc:
-            fail(os_error_line(exc), EXIT_OS_ERROR)
-        except MemoryError:
-            fail("out of memory (MemoryError); see KDLENS_MEMORY_LIMIT", EXIT_OS_ERROR)
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            sys.exit(EXIT_INTERRUPTED)
+        except (KeyboardInterrupt, Exception) as exc:
+            _end(exc, words)
         finally:
             warnings.showwarning = shown
             if not ok:
                 _remove_empty(created)
 
     return wrapper
+
+
+def _end(exc: BaseException, words: dict[str, str]) -> None:
+    """Say ``exc`` in one line and exit with its code; re-raise what is not ours."""
+    from click.exceptions import ClickException, Exit
+
+    from kdlens._internal.interrupt import interrupted
+
+    if isinstance(exc, (Exit, ClickException)):  # the command's own exit
+        raise exc
+    if isinstance(exc, KeyboardInterrupt) or interrupted():
+        # After a Ctrl-C, what it broke (an import, a writer thread) is not the story.
+        err_console.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    if isinstance(exc, KdlensError):
+        fail(cli_words(str(exc), words), exc.exit_code)
+    if isinstance(exc, OSError):
+        fail(os_error_line(exc), EXIT_OS_ERROR)
+    if isinstance(exc, MemoryError):
+        fail("out of memory (MemoryError); see KDLENS_MEMORY_LIMIT", EXIT_OS_ERROR)
+    raise exc
 
 
 def _absent_outputs(
