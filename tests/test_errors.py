@@ -261,3 +261,35 @@ def test_two_dumps_on_one_output_the_second_fails_at_once(tmp_path):
         first.communicate(timeout=10)
     assert first.returncode == 130
     _nothing_partial(tmp_path)
+
+
+# ---------------------------------------------------------------- resource guards
+
+
+def test_memory_estimate_and_limit(monkeypatch):
+    from kdlens._internal import resources
+    from kdlens.errors import InputError
+
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "8G")
+    assert resources.memory_limit() == 8 << 30
+    resources.check_memory(5_000, 2)  # the 20,000 x 5,000 case fits
+    with pytest.raises(InputError, match=r"K = 1,000,000 classes needs ~\d+\.\d TiB.*8\.0 GiB"):
+        resources.check_memory(1_000_000, 2)
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "1M")
+    with pytest.raises(InputError, match="KDLENS_MEMORY_LIMIT"):
+        resources.check_memory(1_000, 1)
+    resources.check_memory(1_000, 0)  # no similarity state: nothing to refuse
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "lots")
+    with pytest.raises(InputError, match="not a size"):
+        resources.memory_limit()
+
+
+def test_analyze_refuses_a_k_that_does_not_fit(store, monkeypatch):
+    import kdlens
+    from kdlens.errors import InputError
+
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "1K")
+    with pytest.raises(InputError, match="K = 6 classes"):
+        kdlens.analyze(store)
+    r = run("analyze", store, "-o", store.parent / "a", "-q")
+    assert r.exit_code == 2 and "K = 6 classes" in r.output

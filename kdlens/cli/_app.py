@@ -178,8 +178,15 @@ def _absent_outputs(
 
 
 def _remove_empty(created: list[tuple[Path, Path]]) -> None:
-    """Remove the empty directories between each output and the first one that was absent."""
+    """Remove the empty directories in and above each output, up to the first one that was
+    absent (the command made them all)."""
     for path, top in created:
+        if path.is_dir():
+            for sub, _, _ in os.walk(path, topdown=False):
+                try:
+                    os.rmdir(sub)  # only ever removes an empty directory
+                except OSError:
+                    pass
         for p in (path, *path.parents):
             try:
                 p.rmdir()  # only ever removes an empty directory
