@@ -274,6 +274,8 @@ IMPORTS: dict[str, ImportCase] = {
     "random_csv": lambda d: _random(d, ".csv"),
     "random_pt": lambda d: _random(d, ".pt"),
     "random_parquet": lambda d: _random(d, ".parquet"),
+    "empty_pt": lambda d: [str(_file(d, "e.pt", b"")), "--kind", "logits"],
+    "empty_parquet": lambda d: [str(_file(d, "e.parquet", b"")), "--kind", "logits"],
     "empty_csv": lambda d: [str(_file(d, "e.csv", b"")), "--kind", "logits"],
     "text_csv": lambda d: [str(_file(d, "t.csv", b"a,b\nx,y\n")), "--kind", "logits"],
     "one_d": lambda d: _npy(d, np.arange(5.0)),
