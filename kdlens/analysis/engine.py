@@ -39,6 +39,7 @@ import polars as pl
 
 from kdlens._internal.atomic import staged_dir
 from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
+from kdlens._internal.lock import locked_output
 from kdlens.analysis.examples_file import ExamplesWriter
 from kdlens.analysis.parts import fitted_temperatures, select_parts
 from kdlens.analysis.passes import CheckOptions, Extra, PartPlan, PartResult, run_pass
@@ -82,6 +83,7 @@ class AnalysisResult:
 
     TABLES = ("summary", "classes", "similarity", "edges", "calibration")
 
+    @locked_output("directory", directory=False)
     def write(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``<table>.parquet`` for each table into ``directory``: built beside it and
         moved in when complete (:func:`~kdlens._internal.atomic.staged_dir`)."""
@@ -97,6 +99,7 @@ class AnalysisResult:
 OUTPUT_FILES = (*(f"{t}.parquet" for t in AnalysisResult.TABLES), "examples.parquet")
 
 
+@locked_output("directory", directory=False)  # held for the whole pass, not just the write
 def analyze_into(
     directory: str | os.PathLike[str], store: Any, *, per_example: bool = False, **options: Any
 ) -> tuple[AnalysisResult, dict[str, Path]]:
@@ -218,6 +221,7 @@ def analysis_request(
     )
 
 
+@locked_output("per_example_path", parent=True)
 def analyze(
     store: Any,
     *,

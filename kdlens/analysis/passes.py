@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdlens._internal.progress import as_progress
+from kdlens._internal.resources import check_memory
 from kdlens.errors import InputError
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.measures.registry import label_needers
@@ -210,6 +211,9 @@ def run_pass(
     total = sum(p.num_rows for p in st.parts if (p.run, p.checkpoint, p.split) in chosen)
     task = prog.add_task(description, total=total)
     k = st.num_classes
+    # Each worker holds a K x K similarity accumulator per temperature that wants one.
+    sims = max((sum(p.temperatures.values()) for p in plans), default=0)
+    check_memory(k, sims * (_WORKERS if sink is None else 1))
     out: list[PartResult] = []
     for plan in plans:
         part = plan.part

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+import os
 import re
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
 from kdlens.cli._render import console, err_console, labelled, say
-from kdlens.errors import KdlensError
+from kdlens.errors import EXIT_INTERRUPTED, EXIT_OS_ERROR, KdlensError
 
 app = typer.Typer(
     name="kdlens",
@@ -68,15 +71,40 @@ def cli_words(message: str, flags: dict[str, str]) -> str:
     return _PARAMETER.sub(say, message)
 
 
-def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -> Any:
-    """Turn library errors into one line on stderr and a non-zero exit code.
+#: Parameters that name a command's output: directories the command created are
+#: removed again (when empty) if it fails.
+OUTPUT_PARAMETERS = ("out", "output")
 
-    Library messages that name a parameter in backticks are said with this command's
-    flags; ``flags`` adds names the signature does not have (``student.epochs``).
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: the path(s), the reason and the errno name."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    code = errno.errorcode.get(exc.errno or 0)
+    if code == "EEXIST" and exc.filename is not None and os.path.isfile(exc.filename):
+        # mkdir(parents=True) says "File exists" for a file where a directory should be
+        reason, code = f"{os.strerror(errno.ENOTDIR)}, a file is in the way", "ENOTDIR"
+    if code and code not in reason:
+        reason = f"{reason} ({code})"
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths:
+        return reason
+    return f"{' -> '.join(paths)}: {reason}"
+
+
+def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -> Any:
+    """The one error boundary: every failure is one line on stderr and an exit code.
+
+    Library errors exit with their ``exit_code`` (2 bad input, 4 locked); an OSError
+    (disk full, permission, read-only, not a directory, ...) or MemoryError exits 3;
+    Ctrl-C exits 130 (codes: :mod:`kdlens.errors`). On failure, output directories the
+    command created and left empty are removed. Library messages that name a parameter
+    in backticks are said with this command's flags; ``flags`` adds names the signature
+    does not have (``student.epochs``).
     """
     if fn is None:
         return functools.partial(handle_errors, flags=flags)
     words = {**cli_flags(fn), **(flags or {})}
+    signature = inspect.signature(fn)
 
     def show_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         # One line on stderr, as for errors: no source line or Python location.
@@ -87,14 +115,81 @@ def handle_errors(fn: F | None = None, *, flags: dict[str, str] | None = None) -
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         shown = warnings.showwarning
         warnings.showwarning = show_warning
+        created = _absent_outputs(signature, args, kwargs)
+        ok = False
         try:
-            return fn(*args, **kwargs)
-        except KdlensError as exc:
-            fail(cli_words(str(exc), words), exc.exit_code)
-        except KeyboardInterrupt:
-            say("interrupted", err=True)
-            sys.exit(130)
+            result = fn(*args, **kwargs)
+            ok = True
+            return result
+        except (KeyboardInterrupt, Exception) as exc:
+            _end(exc, words)
         finally:
             warnings.showwarning = shown
+            if not ok:
+                _remove_empty(created)
 
     return wrapper
+
+
+def _end(exc: BaseException, words: dict[str, str]) -> None:
+    """Say ``exc`` in one line and exit with its code; re-raise what is not ours."""
+    from click.exceptions import ClickException, Exit
+
+    from kdlens._internal.interrupt import interrupted
+
+    if isinstance(exc, (Exit, ClickException)):  # the command's own exit
+        raise exc
+    if isinstance(exc, KeyboardInterrupt) or interrupted():
+        # After a Ctrl-C, what it broke (an import, a writer thread) is not the story.
+        say("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    if isinstance(exc, KdlensError):
+        fail(cli_words(str(exc), words), exc.exit_code)
+    if isinstance(exc, OSError):
+        fail(os_error_line(exc), EXIT_OS_ERROR)
+    if isinstance(exc, MemoryError):
+        fail("out of memory (MemoryError); see KDLENS_MEMORY_LIMIT", EXIT_OS_ERROR)
+    raise exc
+
+
+def _absent_outputs(
+    signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[Path, Path]]:
+    """(output, its first missing ancestor-or-self) for each output that does not exist yet."""
+    try:
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:
+        return []
+    out = []
+    for name in OUTPUT_PARAMETERS:
+        value = bound.arguments.get(name)
+        if not isinstance(value, (str, os.PathLike)) or not str(value):
+            continue
+        path = Path(os.path.abspath(value))
+        top = None
+        for p in (path, *path.parents):
+            if os.path.lexists(p):
+                break
+            top = p
+        if top is not None:
+            out.append((path, top))
+    return out
+
+
+def _remove_empty(created: list[tuple[Path, Path]]) -> None:
+    """Remove the empty directories in and above each output, up to the first one that was
+    absent (the command made them all)."""
+    for path, top in created:
+        if path.is_dir():
+            for sub, _, _ in os.walk(path, topdown=False):
+                try:
+                    os.rmdir(sub)  # only ever removes an empty directory
+                except OSError:
+                    pass
+        for p in (path, *path.parents):
+            try:
+                p.rmdir()  # only ever removes an empty directory
+            except OSError:
+                pass
+            if p == top:
+                break

@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import torch
 
+from kdlens._internal.lock import locked_output
 from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.harness.config import DumpConfig
@@ -34,6 +35,7 @@ from kdlens.store.writer import CheckpointWriter
 __all__ = ["dump", "dump_checkpoints", "summarize_runs"]
 
 
+@locked_output("out")
 def dump(
     out: str | Path,
     config: DumpConfig | None = None,

@@ -74,9 +74,8 @@ def _load_pt(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(
-            f"{path}: refused: not a tensor-only .pt file ({str(exc).splitlines()[0][:160]})"
-        ) from None
+        why = (str(exc).splitlines() or [type(exc).__name__])[0][:160]  # an empty file: no text
+        raise InputError(f"{path}: refused: not a tensor-only .pt file ({why})") from None
     if isinstance(obj, torch.Tensor):
         return {"logits": obj.detach().float().numpy()}
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -21,6 +21,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from kdlens._internal.atomic import staged_dir
+from kdlens._internal.lock import locked_output
 from kdlens._internal.names import path_component
 from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
@@ -45,6 +46,7 @@ class ImportedCheckpoint:
     num_classes: int = 0
 
 
+@locked_output("out")
 def import_files(
     files: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],

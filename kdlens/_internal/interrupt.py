@@ -1,0 +1,70 @@
+"""Ctrl-C at any moment ends the command line with exit 130 within 3 seconds.
+
+Python's own handler raises KeyboardInterrupt wherever the main thread happens to be.
+Where that is a weakref callback or a ``__del__`` (importlib's ``_get_module_lock`` during
+an import, for one), the exception is "ignored" and the program carries on: a dump went
+on training for a minute after Ctrl-C. :func:`install` makes such a swallowed interrupt
+be delivered again, and a watchdog ends the process if it still runs 2 s after the
+first Ctrl-C. Light: imported before anything else by ``python -m kdlens``.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+__all__: list[str] = []
+
+#: Seconds after the first Ctrl-C at which the watchdog ends the process.
+GRACE_SECONDS = 2.0
+EXIT_INTERRUPTED = 130  # kdlens.errors.EXIT_INTERRUPTED, restated to keep this module light
+
+_state = {"interrupted": False}
+_previous_hook: Any = None
+
+
+def interrupted() -> bool:
+    """Whether a Ctrl-C arrived since :func:`install`."""
+    return _state["interrupted"]
+
+
+def install() -> None:
+    """Handle SIGINT as described above (main thread only; a no-op elsewhere)."""
+    global _previous_hook
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return  # started with Ctrl-C ignored (nohup, `cmd &` in a script): keep it so
+    signal.signal(signal.SIGINT, _on_sigint)
+    if _previous_hook is None:
+        _previous_hook = sys.unraisablehook
+        sys.unraisablehook = _unraisable
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    if not _state["interrupted"]:
+        _state["interrupted"] = True
+        threading.Thread(target=_watchdog, name="kdlens-interrupt", daemon=True).start()
+    raise KeyboardInterrupt
+
+
+def _watchdog() -> None:
+    # The normal path (KeyboardInterrupt -> clean-up -> exit 130) takes well under a
+    # second; this one is for an interrupt lost where Python cannot raise it.
+    threading.Event().wait(GRACE_SECONDS)
+    try:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(EXIT_INTERRUPTED)
+
+
+def _unraisable(u: Any) -> None:
+    if isinstance(u.exc_value, KeyboardInterrupt):
+        _thread.interrupt_main()  # raise it again where it can propagate
+        return
+    _previous_hook(u)

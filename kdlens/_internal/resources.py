@@ -1,0 +1,75 @@
+"""Memory guards: refuse an analysis whose K x K state would not fit, before allocating it.
+
+The class-similarity state is K x K float64 per worker and per temperature, and finishing
+it (the similarity matrices, the structure test, the long similarity table) holds several
+more K x K arrays: 8 rows with K = 1,000,000 would need terabytes. :func:`check_memory`
+estimates the bytes first and raises :class:`~kdlens.errors.InputError` with the numbers
+above the limit: ``KDLENS_MEMORY_LIMIT`` (bytes, or with a K/M/G/T suffix), else
+:data:`DEFAULT_LIMIT` or 80% of the machine's memory, whichever is smaller.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kdlens.errors import InputError
+
+__all__: list[str] = []
+
+DEFAULT_LIMIT = 8 << 30
+ENV = "KDLENS_MEMORY_LIMIT"
+
+#: K x K float64 arrays held at the peak besides the accumulators: finishing the
+#: similarity (matrix, symmetrised copy, distances and the structure test's null) and the
+#: long similarity table (K*K rows of class, class, value). Measured at K = 5,000 (see
+#: the report of issue 10): about 10 K x K float64 arrays at the peak in all.
+FINISH_ARRAYS = 8
+
+
+def similarity_bytes(k: int, accumulators: int) -> int:
+    """Bytes the analysis of K classes holds at its peak with ``accumulators`` similarity
+    accumulators (one per worker and temperature)."""
+    return 8 * k * k * (accumulators + FINISH_ARRAYS)
+
+
+def memory_limit() -> int:
+    """The limit in bytes (see the module docstring)."""
+    text = os.environ.get(ENV, "").strip()
+    if text:
+        return _parse(text)
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return DEFAULT_LIMIT
+    return min(DEFAULT_LIMIT, int(physical * 0.8))
+
+
+def check_memory(k: int, accumulators: int) -> None:
+    """Raise InputError if the similarity state of K classes would pass the limit."""
+    if accumulators <= 0:
+        return
+    need, limit = similarity_bytes(k, accumulators), memory_limit()
+    if need > limit:
+        raise InputError(
+            f"K = {k:,} classes needs ~{human(need)} for the K x K class-similarity state; "
+            f"the limit is {human(limit)} (set {ENV} to change it)"
+        )
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _parse(text: str) -> int:
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.upper().removesuffix("IB").removesuffix("B")
+    try:
+        if t and t[-1] in scale:
+            return int(float(t[:-1]) * scale[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise InputError(f"{ENV}={text!r}: not a size (bytes, or e.g. 8G)") from None

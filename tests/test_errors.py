@@ -1,0 +1,295 @@
+"""The one error boundary: OS errors, Ctrl-C and locks end in one line and a documented code."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import typer
+from inputs import random_teacher
+from typer.testing import CliRunner
+
+from kdlens._internal.lock import lock_path, output_lock
+from kdlens.cli import app
+from kdlens.cli._app import handle_errors, os_error_line
+from kdlens.errors import EXIT_CODES, LockedError
+from kdlens.store.writer import write_logits
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, code: int) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    for c in ("ep1", "ep2"):
+        z, y = random_teacher(200, 6, seed=len(c))
+        write_logits(
+            tmp_path / "store" / "r" / f"{c}.parquet",
+            z,
+            split="test",
+            run="r",
+            checkpoint=c,
+            labels=y,
+        )
+    np.save(tmp_path / "good.npy", z)
+    return tmp_path / "store"
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# ---------------------------------------------------------------- OS errors
+
+
+def test_every_documented_code_is_listed_in_the_module_docstring():
+    import kdlens.errors
+
+    for code in EXIT_CODES:
+        assert f"\n{code} " in kdlens.errors.__doc__
+
+
+@pytest.mark.parametrize(
+    "code", [errno.ENOSPC, errno.EACCES, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOENT]
+)
+def test_an_os_error_is_one_line_with_path_and_reason(code, capsys):
+    @handle_errors
+    def command(output: str = "x") -> None:
+        raise OSError(code, os.strerror(code), "/some/where/file.parquet")
+
+    with pytest.raises((SystemExit, typer.Exit)) as info:
+        command()
+    exit_code = getattr(info.value, "exit_code", getattr(info.value, "code", None))
+    assert exit_code == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "/some/where/file.parquet" in err and os.strerror(code) in err
+    assert errno.errorcode[code] in err
+
+
+def test_os_error_line_without_a_path():
+    assert os_error_line(OSError(errno.ENOSPC, "No space left on device")) == (
+        "No space left on device (ENOSPC)"
+    )
+
+
+def test_output_under_a_regular_file_is_exit_3(store, tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    line = one_line_error(run("analyze", store, "-o", tmp_path / "afile" / "x", "-q"), 3)
+    assert "afile" in line and "Not a directory" in line
+    line = one_line_error(
+        run("import", tmp_path / "good.npy", "--kind", "logits", "-o", tmp_path / "afile" / "s"), 3
+    )
+    assert "Not a directory" in line
+    assert (tmp_path / "afile").read_text() == "keep"
+
+
+def test_dump_into_a_regular_file_fails_at_once(tmp_path):
+    (tmp_path / "afile").write_text("keep")
+    t0 = time.perf_counter()
+    line = one_line_error(run("dump", "-o", tmp_path / "afile", "--epochs", "1", "-q"), 3)
+    assert time.perf_counter() - t0 < 20  # before any data is prepared or trained
+    assert "afile" in line and "Not a directory" in line
+    assert tree(tmp_path) == {"afile"}
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_a_failing_write_leaves_no_directory_behind(store, tmp_path, monkeypatch, code):
+    """Disk full / permission / read-only while writing: exit 3, the new directories gone."""
+    import polars as pl
+
+    def refuse(self, file, *a, **k):
+        raise OSError(code, os.strerror(code), str(file))
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", refuse)
+    before = tree(tmp_path)
+    line = one_line_error(run("analyze", store, "-o", tmp_path / "new" / "deeper", "-q"), 3)
+    assert os.strerror(code) in line and "summary.parquet" in line
+    assert tree(tmp_path) == before  # no empty new/ or new/deeper/, no temp file, no lock
+
+
+def test_a_failing_import_leaves_no_directory_behind(store, tmp_path, monkeypatch):
+    def refuse(self, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "imported.parquet")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", refuse)
+    before = tree(tmp_path)
+    out = tmp_path / "out" / "s"
+    line = one_line_error(run("import", tmp_path / "good.npy", "--kind", "logits", "-o", out), 3)
+    assert "No space left on device" in line
+    assert tree(tmp_path) == before
+
+
+# ---------------------------------------------------------------- locks
+
+
+def test_a_second_writer_fails_at_once_naming_the_holder(store, tmp_path):
+    holder = os.getppid()  # alive, and not this process
+    out = tmp_path / "s"
+    lock = lock_path(out)
+    lock.write_text(f"{holder}\n")
+    line = one_line_error(run("import", tmp_path / "good.npy", "--kind", "logits", "-o", out), 4)
+    assert f"pid {holder}" in line
+    assert not out.exists() and lock.read_text() == f"{holder}\n"
+    line = one_line_error(run("analyze", store, "-o", out, "-q"), 4)
+    assert f"pid {holder}" in line
+
+
+def test_a_stale_lock_is_taken_over_and_removed(store, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "s"
+    lock_path(out).write_text(f"{dead.pid}\n")
+    r = run("import", tmp_path / "good.npy", "--kind", "logits", "-o", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "imported" / "good.parquet").is_file()
+    assert not lock_path(out).exists()
+
+
+def test_the_lock_is_reentrant_and_removed_after_use(tmp_path):
+    out = tmp_path / "a" / "b"
+    with output_lock(out) as path:
+        assert path.read_text().strip() == str(os.getpid())
+        with output_lock(out):
+            pass
+        assert path.exists()
+    assert not path.exists()
+    assert not (tmp_path / "a").exists()  # made only for the lock file, so removed again
+
+
+def test_a_live_lock_raises_locked_error(tmp_path):
+    lock_path(tmp_path / "x").write_text(f"{os.getppid()}\n")
+    with pytest.raises(LockedError, match=f"pid {os.getppid()}"):
+        with output_lock(tmp_path / "x"):
+            pass
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+_DUMP = (
+    "dump",
+    "--epochs",
+    "50",
+    "--batch-sizes",
+    "16",
+    "--train-size",
+    "400",
+    "--val-size",
+    "100",
+    "--test-size",
+    "200",
+    "--hidden",
+    "64",
+    "-q",
+)
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kdlens", *_DUMP, "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=out.parent,
+    )
+
+
+def _nothing_partial(root: Path) -> None:
+    assert not [p for p in root.rglob("*") if ".tmp" in p.name or p.name.endswith(".lock")]
+    for p in root.rglob("*.parquet"):
+        pq.read_metadata(p)  # every Parquet file is whole
+
+
+@pytest.mark.parametrize("delay", [0.4, 1.5, 3.0])
+def test_ctrl_c_at_any_moment_exits_130_within_3_s(tmp_path, delay):
+    out = tmp_path / "runs"
+    proc = _start(out)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.perf_counter()
+    try:
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    took = time.perf_counter() - t0
+    assert proc.returncode == 130, err.decode()
+    assert took < 3.0, took
+    assert b"Traceback" not in err, err.decode()
+    _nothing_partial(tmp_path)
+
+
+def test_two_dumps_on_one_output_the_second_fails_at_once(tmp_path):
+    out = tmp_path / "runs"
+    first = _start(out)
+    try:
+        deadline = time.time() + 30
+        while not lock_path(out).exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert lock_path(out).exists(), "the first dump never took its lock"
+        second = subprocess.run(
+            [sys.executable, "-m", "kdlens", *_DUMP, "-o", str(out)],
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=60,
+        )
+        assert second.returncode == 4, second.stderr.decode()
+        assert f"pid {first.pid}".encode() in second.stderr
+        assert first.poll() is None  # the first goes on
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=10)
+    assert first.returncode == 130
+    _nothing_partial(tmp_path)
+
+
+# ---------------------------------------------------------------- resource guards
+
+
+def test_memory_estimate_and_limit(monkeypatch):
+    from kdlens._internal import resources
+    from kdlens.errors import InputError
+
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "8G")
+    assert resources.memory_limit() == 8 << 30
+    resources.check_memory(5_000, 2)  # the 20,000 x 5,000 case fits
+    with pytest.raises(InputError, match=r"K = 1,000,000 classes needs ~\d+\.\d TiB.*8\.0 GiB"):
+        resources.check_memory(1_000_000, 2)
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "1M")
+    with pytest.raises(InputError, match="KDLENS_MEMORY_LIMIT"):
+        resources.check_memory(1_000, 1)
+    resources.check_memory(1_000, 0)  # no similarity state: nothing to refuse
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "lots")
+    with pytest.raises(InputError, match="not a size"):
+        resources.memory_limit()
+
+
+def test_analyze_refuses_a_k_that_does_not_fit(store, monkeypatch):
+    import kdlens
+    from kdlens.errors import InputError
+
+    monkeypatch.setenv("KDLENS_MEMORY_LIMIT", "1K")
+    with pytest.raises(InputError, match="K = 6 classes"):
+        kdlens.analyze(store)
+    r = run("analyze", store, "-o", store.parent / "a", "-q")
+    assert r.exit_code == 2 and "K = 6 classes" in r.output
