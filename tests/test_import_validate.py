@@ -337,3 +337,16 @@ def test_validate_missing_path_prints_only_the_reason(tmp_path: Path) -> None:
     res = runner.invoke(app, ["validate", str(tmp_path / "nope")])
     assert res.exit_code == 2
     assert "no such file or directory" in res.output and "classes (K)" not in res.output
+
+
+def test_class_names_from_a_hierarchy_csv_in_id_order(tmp_path: Path) -> None:
+    # The README's CIFAR-100 recipe names the graph's nodes from the fine-to-coarse CSV.
+    from kdlens.store.importing import _read_classes
+
+    csv = tmp_path / "h.csv"
+    csv.write_text("fine_id,fine_name,coarse_id,coarse_name\n1,fish,0,animal\n0,apple,1,fruit\n")
+    assert _read_classes(csv) == ["apple", "fish"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="name column|needs a column"):
+        _read_classes(bad)

@@ -144,7 +144,9 @@ def import_cmd(
         None, "--checkpoint", help="Checkpoint name per input (repeat); default: the file stem."
     ),
     classes: Path | None = typer.Option(
-        None, "--classes", help="Class names: a .json list or a .txt file, one per line."
+        None,
+        "--classes",
+        help="Class names: a .json list, a .txt file (one per line) or a .csv with a name column.",
     ),
     key: str | None = typer.Option(None, "--key", help="Array key inside .npz/.pt inputs."),
     prob_floor: float = typer.Option(

@@ -287,7 +287,7 @@ def _assemble(
         notes.append(
             "class names are not recorded in the input: classes are shown by index "
             "(record them with --classes NAMES.txt on kdlens import, or class_names= of "
-            "kdlens.CheckpointWriter)"
+            "kdlens.LogitsWriter)"
         )
     notes.extend(pass_notes)
     data = ReportData(

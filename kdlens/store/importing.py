@@ -288,4 +288,31 @@ def _read_classes(classes: Any) -> list[str] | None:
         if not isinstance(data, list):
             raise InputError(f"{p}: expected a JSON list of class names")
         return [str(c) for c in data]
+    if p.suffix == ".csv":
+        return _names_from_csv(p)
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+#: Name and id columns a class table may have (a CIFAR-100 fine-to-coarse CSV has both).
+_NAME_COLUMNS = ("class_name", "fine_name", "name")
+_ID_COLUMNS = ("class_id", "fine_id", "id")
+
+
+def _names_from_csv(p: Path) -> list[str]:
+    """Class names from a CSV with a header: a name column, in id order when an id column
+    is there (the hierarchy files ``kdlens analyze --hierarchy`` reads qualify)."""
+    import csv
+
+    with p.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    cols = set(rows[0]) if rows else set()
+    name = next((c for c in _NAME_COLUMNS if c in cols), None)
+    if name is None:
+        raise InputError(f"{p}: a class-names CSV needs a column {' / '.join(_NAME_COLUMNS)}")
+    ident = next((c for c in _ID_COLUMNS if c in cols), None)
+    if ident is not None:
+        try:
+            rows.sort(key=lambda r: int(r[ident]))
+        except ValueError:
+            raise InputError(f"{p}: column {ident!r} must hold integer class ids") from None
+    return [r[name].strip() for r in rows]

@@ -12,9 +12,9 @@ import polars as pl
 
 #: Why the sweet-spot map and the trajectories are absent for checkpoints without epochs.
 NO_TRAINING_TIME = (
-    "the checkpoints record no epoch (or step), so there is {what}: "
-    "models imported with kdlens import carry none. Dump checkpoints along training with "
-    "kdlens dump (or pass epoch= and batch_size= to kdlens.CheckpointWriter)"
+    "the checkpoints record no epoch (or step), so there is {what}: record them with "
+    "kdlens import --epoch N --batch-size B, kdlens dump, or epoch= of "
+    "kdlens.LogitsWriter.dump in your own training loop"
 )
 
 _WIDTH = 260  # one small-multiple panel; three fit a 1000 px column
