@@ -24,6 +24,7 @@ from kdlens.errors import InputError
 
 __all__ = [
     "MISSING_LABEL",
+    "check_class_names",
     "check_example_ids",
     "check_fraction",
     "check_labels",
@@ -75,6 +76,14 @@ def check_positive_int(value: Any, *, name: str, minimum: int = 1) -> int:
 def check_num_classes(value: Any, *, name: str = "num_classes") -> int:
     """K, at least 2 (one class has no soft label)."""
     return check_positive_int(value, name=name, minimum=2)
+
+
+def check_class_names(class_names: Any, num_classes: Any) -> int:
+    """K (at least 2), and as many class names as K when names are given."""
+    k = check_num_classes(num_classes)
+    if class_names is not None and len(class_names) != k:
+        raise InputError(f"class_names has {len(class_names)} names but num_classes is {k}")
+    return k
 
 
 def check_logits(

@@ -38,6 +38,7 @@ import numpy as np
 import polars as pl
 
 from kdlens._internal.atomic import staged_dir
+from kdlens._internal.checks import check_fraction, check_positive_int, check_temperature
 from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
 from kdlens._internal.lock import locked_output
 from kdlens.analysis.examples_file import ExamplesWriter
@@ -47,7 +48,7 @@ from kdlens.analysis.reference import ReferenceExtra, _Reference, read_reference
 from kdlens.analysis.tables import PartTables, concat, part_tables
 from kdlens.errors import InputError
 from kdlens.measures.calibration import DEFAULT_N_BINS
-from kdlens.measures.softlabels import DEFAULT_OEMC_DELTA, _check_temperature
+from kdlens.measures.softlabels import DEFAULT_OEMC_DELTA
 from kdlens.store.format import Batch, Part
 from kdlens.store.reader import LogitsStore, open_store
 
@@ -200,14 +201,10 @@ def analysis_request(
     top_k: int = DEFAULT_TOP_K,
 ) -> AnalysisRequest:
     """Validate :func:`analyze`'s options (before any logits are read)."""
-    t = _check_temperature(temperature)
-    delta = float(oemc_delta)
-    if not 0.0 <= delta <= 1.0:
-        raise InputError(f"oemc_delta must lie in [0, 1], got {oemc_delta}")
-    if int(n_bins) < 1:
-        raise InputError(f"n_bins must be a positive integer, got {n_bins}")
-    if int(n_permutations) < 0:
-        raise InputError(f"n_permutations must be >= 0, got {n_permutations}")
+    t = check_temperature(temperature)
+    delta = check_fraction(oemc_delta, name="oemc_delta")
+    check_positive_int(n_bins, name="n_bins")
+    check_positive_int(n_permutations, name="n_permutations", minimum=0)
     st = open_store(store)
     k = st.num_classes
     parts = select_parts(st, splits)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdlens._internal.checks import check_class_names
 from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.harness.runtime import autocast
@@ -59,12 +60,7 @@ class LogitsWriter:
         overwrite: bool = False,
     ) -> None:
         path_component(run, field="run")
-        if int(num_classes) < 2:
-            raise InputError(f"num_classes must be at least 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise InputError(
-                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
-            )
+        check_class_names(class_names, num_classes)
         self.root = Path(root)
         self.run = run
         self.num_classes = int(num_classes)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdlens._internal.checks import check_positive_int, check_temperature
 from kdlens._internal.defaults import HELDOUT_SPLITS, TEMPERATURE_BOUNDS, TRANSFER_SPLIT
 from kdlens.analysis.parts import at_temperature_bound, fitted_temperatures
 from kdlens.analysis.passes import CheckOptions, PartPlan, PartResult, run_pass
@@ -67,12 +68,8 @@ _SHORT = {"nll_fitted": "nll_fit"}
 
 
 def _check_options(temperature: float, n_bootstrap: int) -> None:
-    if not (
-        isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0
-    ):
-        raise InputError(f"temperature must be a positive finite number, got {temperature!r}")
-    if int(n_bootstrap) < 0:
-        raise InputError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    check_temperature(temperature)
+    check_positive_int(n_bootstrap, name="n_bootstrap", minimum=0)
 
 
 def _check_classes(st: LogitsStore) -> None:

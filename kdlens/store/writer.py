@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kdlens._internal.atomic import commit_temp, new_temp
+from kdlens._internal.checks import check_class_names
 from kdlens._internal.names import path_component
 from kdlens._version import __version__
 from kdlens.errors import InputError, StoreError
@@ -53,12 +54,7 @@ class CheckpointWriter:
         # holds only names every kdlens command can turn into a file name.
         path_component(run, field="run")
         path_component(checkpoint, field="checkpoint")
-        if int(num_classes) < 2:
-            raise InputError(f"num_classes must be at least 2, got {num_classes}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise InputError(
-                f"class_names has {len(class_names)} names but num_classes is {num_classes}"
-            )
+        check_class_names(class_names, num_classes)
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise InputError(f"{self.path}: already exists (pass `overwrite=True`)")
