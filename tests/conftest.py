@@ -22,3 +22,9 @@ def external_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"external data not found at {path} (set KDLENS_EXTERNAL)")
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _kdlens_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests keep kdlens's cache (the report's Vega bundle) in a temporary directory."""
+    os.environ["KDLENS_CACHE_DIR"] = str(tmp_path_factory.mktemp("kdlens-cache"))

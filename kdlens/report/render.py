@@ -17,7 +17,7 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-from kdlens._internal.atomic import write_bytes_atomic
+from kdlens._internal.atomic import write_bytes_atomic, write_text_atomic
 from kdlens._internal.defaults import ALPHA
 from kdlens._version import __version__
 from kdlens.errors import InputError
@@ -42,9 +42,32 @@ def _vega_bundle(vl_version: str | None) -> str:
             "the report inlines Vega from vl-convert-python, which is not installed "
             "(pip install vl-convert-python)"
         ) from None
+    # Building the bundle takes seconds; it depends only on the versions, so it is kept in
+    # the user's cache directory (KDLENS_CACHE_DIR, else XDG_CACHE_HOME/kdlens).
+    from importlib.metadata import version
+
+    cached = _cache_dir() / f"vega-{version('vl-convert-python')}-{vl_version or 'default'}.js"
+    try:
+        return cached.read_text(encoding="utf-8")
+    except OSError:
+        pass
     js = vlc.javascript_bundle(vl_version=vl_version)  # type: ignore[call-arg]
     # "</script" inside a script element would end it early; "<\/" means the same in JS.
-    return js.replace("</script", "<\\/script")
+    js = js.replace("</script", "<\\/script")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cached, js)
+    except OSError:
+        pass  # a read-only home: the report is still written, only slower next time
+    return js
+
+
+def _cache_dir() -> Path:
+    explicit = os.environ.get("KDLENS_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "kdlens"
 
 
 @functools.cache

@@ -4,8 +4,9 @@ A script, not a test. Issue 9's goal: each command reads every checkpoint once, 
 ``recommend`` and ``report`` cost at most a little more than ``analyze`` on the same store.
 It writes a synthetic store (class-structured float32 logits, ``train`` and ``val``
 splits), then runs the three commands through the real CLI (``python -m kdlens ...``),
-each in a fresh process, and reports wall time (imports included), peak RSS, and the
-ratios to ``analyze`` measured in the same run.
+each in a fresh process, and reports wall time (imports included), CPU time (user +
+system: less sensitive to other load on the machine), peak RSS, and the ratios to
+``analyze`` measured in the same run.
 
 Stores (``--store``):
 
@@ -87,6 +88,7 @@ def run(cmd: list[str]) -> dict[str, Any]:
         lines = log.read().decode(errors="replace").strip().splitlines()
     return {
         "wall": wall,
+        "cpu": ru.ru_utime + ru.ru_stime,
         "rss_gib": ru.ru_maxrss / 1024**2,
         "rc": os.waitstatus_to_exitcode(status),
         "tail": lines[-1] if lines else "",
@@ -139,6 +141,8 @@ def main() -> None:
                     "wall_s": round(r["wall"], 2),
                     "peak_rss_gib": round(r["rss_gib"], 2),
                     "ratio_to_analyze": round(r["wall"] / base, 3),
+                    "cpu_s": round(r["cpu"], 2),
+                    "cpu_ratio_to_analyze": round(r["cpu"] / results["analyze"]["cpu"], 3),
                     "exit_code": r["rc"],
                     "last_line": r["tail"][:120],
                 }
@@ -151,11 +155,15 @@ def main() -> None:
             print(
                 f"store {a.store}: {ck} checkpoint(s) x ({n_train:,} train + {n_val:,} val) x K={k}"
             )
-            print(f"{'command':<10} {'wall s':>8} {'/ analyze':>10} {'peak GiB':>9}  rc  last line")
+            print(
+                f"{'command':<10} {'wall s':>8} {'/ analyze':>10} {'cpu s':>8} {'/ analyze':>10} "
+                f"{'peak GiB':>9}  rc  last line"
+            )
             for name in commands:
                 r = out[name]
                 print(
                     f"{name:<10} {r['wall_s']:>8.2f} {r['ratio_to_analyze']:>10.3f} "
+                    f"{r['cpu_s']:>8.2f} {r['cpu_ratio_to_analyze']:>10.3f} "
                     f"{r['peak_rss_gib']:>9.2f} {r['exit_code']:>3}  {r['last_line']}"
                 )
     finally:
