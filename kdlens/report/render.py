@@ -342,7 +342,7 @@ def _methods_html(data: ReportData) -> str:
         f"Calibration: {data.n_bins or 15} equal-width confidence bins, T = 1.",
     ]
     if data.recommendation is not None and getattr(data.recommendation, "score_definition", None):
-        items.append(f"Score: {data.recommendation.score_definition}.")
+        items.append(f"{data.recommendation.score_definition}.")  # it opens with "score ="
     return (
         '<section class="card"><h2>Definitions</h2><ul>'
         + "".join(f"<li>{_e(i)}</li>" for i in items)
