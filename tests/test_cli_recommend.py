@@ -102,7 +102,7 @@ def test_help_mentions_every_option():
         assert opt in res.output
 
 
-def test_sweet_spot_map_fits_80_columns_without_cutting_scores():
+def test_sweet_spot_map_fits_80_columns_without_cutting_scores(monkeypatch):
     """The README's grid (3 batch sizes x 7 epochs) at 80 columns: every score readable."""
     import polars as pl
 
@@ -123,13 +123,10 @@ def test_sweet_spot_map_fits_80_columns_without_cutting_scores():
         for i, b in enumerate([16, 64, 256])
         for j, e in enumerate(epochs)
     ]
-    old = console.width
-    console.width = 80
-    try:
-        with console.capture() as cap:
-            _render_map(pl.DataFrame(rows))
-    finally:
-        console.width = old
+    # The shared console's own width setting (None: follow the terminal) comes back after.
+    monkeypatch.setattr(console, "_width", 80)
+    with console.capture() as cap:
+        _render_map(pl.DataFrame(rows))
     text = cap.get()
     assert "…" not in text
     for r in rows:
