@@ -100,3 +100,34 @@ def test_help_mentions_every_option():
     assert res.exit_code == 0
     for opt in ("--json", "--top", "--temperature", "--bootstrap", "--seed"):
         assert opt in res.output
+
+
+def test_sweet_spot_map_fits_80_columns_without_cutting_scores(monkeypatch):
+    """The README's grid (3 batch sizes x 7 epochs) at 80 columns: every score readable."""
+    import polars as pl
+
+    from kdlens.cli._app import console
+    from kdlens.cli.recommend_cmd import _render_map
+
+    epochs = [1, 2, 4, 8, 16, 32, 60]
+    rows = [
+        {
+            "row_axis": "batch_size",
+            "column_axis": "epoch",
+            "row": b,
+            "column": e,
+            "score": -0.0890 - 0.1 * i - 0.01 * j,
+            "missing": False,
+            "recommended": (i, j) == (0, 5),
+        }
+        for i, b in enumerate([16, 64, 256])
+        for j, e in enumerate(epochs)
+    ]
+    # The shared console's own width setting (None: follow the terminal) comes back after.
+    monkeypatch.setattr(console, "_width", 80)
+    with console.capture() as cap:
+        _render_map(pl.DataFrame(rows))
+    text = cap.get()
+    assert "…" not in text
+    for r in rows:
+        assert f"{r['score']:.3f}" in text

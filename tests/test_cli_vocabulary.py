@@ -249,5 +249,9 @@ def test_trajectory_legend_draws_the_splits_as_line_styles() -> None:
     layers = spec["spec"]["layer"]
     dash = layers[0]["encoding"]["strokeDash"]
     assert dash["legend"]["symbolType"] == "stroke"
+    # Without a stroke colour of their own the samples are drawn blank (seen in the report).
+    assert dash["legend"].get("symbolStrokeColor")
     points = [ly for ly in layers if "shape" in ly.get("encoding", {})]
     assert points and points[0]["encoding"]["shape"]["field"] == "split"
+    # A filled point layer on the same channel merges into the legend and blanks its strokes.
+    assert "strokeDash" not in points[0]["encoding"]

@@ -161,7 +161,7 @@ def test_a_pick_the_bootstrap_does_not_favour_says_why_everywhere():
     assert why in rec.reason and rec.distinguishable is False
     assert rec.to_dict()["pick_note"] == rec.pick_note
     page = _recommendation_html(SimpleNamespace(recommendation=rec, notes=[]))
-    assert why in page.replace("&#x27;", "'")
+    assert page.replace("&#x27;", "'").count(why) == 1  # under the headline, said once
     from kdlens.cli._app import console
 
     with console.capture() as cap:
@@ -335,3 +335,14 @@ def test_report_marks_a_fit_at_its_bound(tmp_path):
     page = build_report(store, tmp_path / "r.html", n_bootstrap=20).read_text()
     assert re.search(r"-0\.\d{4} †", page) and "temperature fit at the bound of its search" in page
     assert "wine/ep001: the temperature fit reached the bound" in page
+
+
+def test_definitions_state_the_score_once():
+    from types import SimpleNamespace
+
+    from kdlens.report.render import _methods_html
+
+    rec = _split_bootstrap_recommendation()
+    data = SimpleNamespace(recommendation=rec, temperature=1.0, oemc_delta=0.05, n_bins=15)
+    page = _methods_html(data)  # type: ignore[arg-type]
+    assert rec.score_definition in page and "Score: score" not in page

@@ -202,9 +202,11 @@ def _render_map(sweet: pl.DataFrame) -> None:
             f"sweet-spot map: score by {row_axis} x {col_axis} (* = recommended, . = missing)"
         )
     )
-    m.add_column(cell(f"{row_axis} \\ {col_axis}"), justify="right")
+    # Two header lines and three decimals (as the report's map): a grid of seven epochs
+    # fits 80 columns instead of having its scores cut to "-0.08…".
+    m.add_column(cell(f"{row_axis}\n\\ {col_axis}"), justify="right")
     for c in cols:
-        m.add_column(cell(c), justify="right")
+        m.add_column(cell(c), justify="right", no_wrap=True)
     at = {(r["row"], r["column"]): r for r in sweet.iter_rows(named=True)}
     for rv in rows:
         out = []
@@ -213,8 +215,8 @@ def _render_map(sweet: pl.DataFrame) -> None:
             if r is None or r["missing"]:
                 out.append("[dim].[/]")
             elif r["recommended"]:
-                out.append(f"[bold green]*{r['score']:.4f}[/]")
+                out.append(f"[bold green]*{r['score']:.3f}[/]")
             else:
-                out.append(f"{r['score']:.4f}")
+                out.append(f"{r['score']:.3f}")
         m.add_row(cell(rv), *out)
     console.print(m)

@@ -205,17 +205,18 @@ def _recommendation_html(data: ReportData) -> str:
             p = best.get("probability_best")
             has_p = isinstance(p, float) and math.isfinite(p)
             n_boot = int(getattr(rec, "n_bootstrap", 0) or 0)
+            pick_note = getattr(rec, "pick_note", "") or ""
+            # The reason ends with the same sentence; here it stands under the headline, once.
+            reason = str(getattr(rec, "reason", "") or "")
+            if pick_note:
+                reason = " ".join(reason.replace(pick_note, "").split())
             inner = (
                 f'<p class="pick">Distill from <b>{_e(key)}</b>'
                 + (f" ({_e(where)})" if where else "")
                 + (f", P(best score) = {p:.2f}" if has_p else "")
                 + "</p>"
-                + (
-                    f'<p class="pick-note">{_e(rec.pick_note)}</p>'
-                    if getattr(rec, "pick_note", "")
-                    else ""
-                )
-                + f"<p>{_e(getattr(rec, 'reason', ''))}</p>"
+                + (f'<p class="pick-note">{_e(pick_note)}</p>' if pick_note else "")
+                + f"<p>{_e(reason)}</p>"
                 + f'<p class="caption">Ranked at T = {getattr(rec, "temperature", float("nan")):g} '
                 + "(the distillation temperature the score was validated at; the soft-label "
                 + "charts below use the analysis temperature). "
@@ -364,7 +365,7 @@ def _methods_html(data: ReportData) -> str:
         f"Calibration: {data.n_bins or 15} equal-width confidence bins, T = 1.",
     ]
     if data.recommendation is not None and getattr(data.recommendation, "score_definition", None):
-        items.append(f"Score: {data.recommendation.score_definition}.")
+        items.append(f"{data.recommendation.score_definition}.")  # it opens with "score ="
     return (
         '<section class="card"><h2>Definitions</h2><ul>'
         + "".join(f"<li>{_e(i)}</li>" for i in items)

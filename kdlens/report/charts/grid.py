@@ -28,6 +28,8 @@ TRAJECTORY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("oemc_share", "OEMC share", "both"),
 )
 
+#: Colour of the split legend's line samples (neutral: colour encodes the batch size).
+_LEGEND_STROKE = "#555555"
 
 # --------------------------------------------------------------------------- sweet spot
 
@@ -181,17 +183,24 @@ def trajectory_chart(
         x=alt.X("time:Q", axis=_time_axis(long["time"], ttitle)),
         y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
         color=alt.Color("group:N", title=gtitle, sort=groups),
-        # The legend draws strokes: as dots (the points' symbol) solid and dashed
-        # looked the same, and the split could not be told from the legend.
+        detail="run:N",
+    )
+    # The legend draws strokes: as dots (the points' symbol) solid and dashed looked the
+    # same. The dash is encoded on the lines only, with a stroke colour of its own: a
+    # filled point layer sharing the channel merges its legend in and blanks the samples.
+    lines = base.mark_line(strokeWidth=2).encode(
         strokeDash=alt.StrokeDash(
             "split:N",
             title="split (line style)",
             sort=split_order,
-            legend=alt.Legend(symbolType="stroke", symbolStrokeWidth=2, symbolSize=400),
+            legend=alt.Legend(
+                symbolType="stroke",
+                symbolStrokeWidth=2,
+                symbolSize=400,
+                symbolStrokeColor=_LEGEND_STROKE,
+            ),
         ),
-        detail="run:N",
     )
-    lines = base.mark_line(strokeWidth=2)
     points = base.mark_point(filled=True, size=36).encode(
         shape=alt.Shape("split:N", sort=split_order, legend=None),
         tooltip=[
