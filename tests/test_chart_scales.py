@@ -21,3 +21,29 @@ def test_varied_column_keeps_the_data_domain() -> None:
 
 def test_empty_column() -> None:
     assert "domain" not in value_scale(pl.Series([float("nan")])).to_dict()
+
+
+def test_class_distance_equals_the_pairwise_definition() -> None:
+    # 1 - correlation of the log rows over the columns other than the pair: the vectorised
+    # form must equal the definition computed pair by pair.
+    import math
+
+    import numpy as np
+
+    from kdlens.report.charts.similarity import _class_distance, _symmetric
+
+    rng = np.random.default_rng(3)
+    for k in (3, 4, 9):
+        S = rng.dirichlet(np.ones(k), size=k)
+        np.fill_diagonal(S, 0.0)
+        S[0, 1] = 0.0
+        L = np.log(np.maximum(_symmetric(S), 1e-12))
+        want = np.zeros((k, k))
+        for a in range(k):
+            for b in range(a + 1, k):
+                m = np.ones(k, bool)
+                m[[a, b]] = False
+                x, y = L[a, m] - L[a, m].mean(), L[b, m] - L[b, m].mean()
+                den = math.sqrt(float(x @ x) * float(y @ y))
+                want[a, b] = want[b, a] = 1.0 - (float(x @ y) / den if den > 0 else 0.0)
+        np.testing.assert_allclose(_class_distance(S), want, atol=1e-9)
