@@ -47,3 +47,27 @@ def test_class_distance_equals_the_pairwise_definition() -> None:
                 den = math.sqrt(float(x @ x) * float(y @ y))
                 want[a, b] = want[b, a] = 1.0 - (float(x @ y) / den if den > 0 else 0.0)
         np.testing.assert_allclose(_class_distance(S), want, atol=1e-9)
+
+
+def test_large_k_heatmap_is_block_averaged_within_the_cell_budget() -> None:
+    import numpy as np
+
+    from kdlens.report.data import _MAX_SIMILARITY_CELLS
+    from kdlens.report.sections import _block_heatmap, _n_blocks
+
+    k = 300  # 90,000 cells: over the budget
+    rng = np.random.default_rng(0)
+    S = rng.dirichlet(np.ones(k), size=k)
+    np.fill_diagonal(S, 0.0)
+    order = rng.permutation(k)
+    m = _n_blocks(k)
+    assert m is not None and m * m <= _MAX_SIMILARITY_CELLS
+    values = _block_heatmap(S, order, [f"c{i}" for i in range(k)], "r / ep1").to_dict()
+    rows = next(iter(values["datasets"].values()))
+    assert len(rows) == m * m
+    # Every block is the mean of its cells: the block means, weighted by block sizes,
+    # add up to the whole matrix.
+    sizes = np.bincount((np.arange(k) * m) // k, minlength=m)
+    w = np.array([r["weight"] for r in rows]).reshape(m, m)
+    assert np.isclose((w * np.outer(sizes, sizes)).sum(), S.sum())
+    assert _n_blocks(100) is None  # 10,000 cells: drawn as they are

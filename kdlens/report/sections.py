@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,6 +126,8 @@ def _similarity_sections(data: ReportData, add: _Add) -> None:
             raise ChartUnavailable(_K2)
         if S is None or data.similarity is None:
             raise ChartUnavailable("the input has no similarity table for this checkpoint")
+        if data.num_classes**2 > _MAX_SIMILARITY_CELLS:
+            return _block_heatmap(S, order, data.class_names, focus)
         teachers = _similarity_teachers(data, sim_split)
         sim = _sim_long(data, sim_split, teachers)
         return similarity_heatmap(
@@ -136,12 +138,18 @@ def _similarity_sections(data: ReportData, add: _Add) -> None:
             default=focus,
         )
 
+    blocks = _n_blocks(data.num_classes)
+    how = (
+        f"Classes ordered by cluster (of {focus}); pick another checkpoint with the selector."
+        if blocks is None
+        else f"K = {data.num_classes:,} is too many cells to draw: the matrix of {focus}, in "
+        f"cluster order, averaged over {blocks} x {blocks} blocks of consecutive classes."
+    )
     add(
         "similarity",
         "Class similarity matrix",
         f"S[c, j]: mean non-target probability of class j on examples of class c, at T = "
-        f"{data.temperature:g}, {sim_split or '—'} split. Classes ordered by cluster "
-        f"(of {focus}); pick another checkpoint with the selector.",
+        f"{data.temperature:g}, {sim_split or '—'} split. {how}",
         heat,
     )
 
@@ -257,6 +265,43 @@ def _clusters(data: ReportData, S: np.ndarray) -> np.ndarray | None:
         return np.asarray(cluster_classes(S, n_clusters=max(2, min(k - 1, round(math.sqrt(k))))))
     except (ImportError, KdlensError):
         return None
+
+
+def _n_blocks(k: int) -> int | None:
+    """Blocks per side of the heatmap when K x K cells exceed the budget, else None."""
+    m = int(math.isqrt(_MAX_SIMILARITY_CELLS))
+    return m if k * k > _MAX_SIMILARITY_CELLS else None
+
+
+def _block_heatmap(S: np.ndarray, order: np.ndarray, names: Sequence[str], focus: str) -> Any:
+    """The focus checkpoint's matrix averaged over blocks of consecutive classes (in display
+    order), so that a large K draws at most the cell budget."""
+    k = S.shape[0]
+    m = _n_blocks(k) or k
+    group = (np.arange(k) * m) // k  # block of each display position
+    ordered = np.nan_to_num(S[np.ix_(order, order)])
+    sums = np.zeros((m, m))
+    np.add.at(sums, (group[:, None], group[None, :]), ordered)
+    sizes = np.bincount(group, minlength=m).astype(float)
+    mean = sums / np.outer(sizes, sizes)
+    first = np.searchsorted(group, np.arange(m))
+    last = np.r_[first[1:], k] - 1
+    labels = [
+        f"{names[order[a]]} … {names[order[b]]} ({b - a + 1})"
+        for a, b in zip(first, last, strict=True)
+    ]
+    src, dst = np.meshgrid(np.arange(m), np.arange(m), indexing="ij")
+    long = pl.DataFrame(
+        {
+            "teacher": [focus] * (m * m),
+            "source": src.ravel(),
+            "target": dst.ravel(),
+            "weight": mean.ravel(),
+        }
+    )
+    return similarity_heatmap(
+        long, order=list(range(m)), class_names=labels, teachers=[focus], default=focus
+    )
 
 
 def _similarity_teachers(data: ReportData, split: str | None) -> list[tuple[str, str]]:
