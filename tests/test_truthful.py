@@ -346,3 +346,11 @@ def test_definitions_state_the_score_once():
     data = SimpleNamespace(recommendation=rec, temperature=1.0, oemc_delta=0.05, n_bins=15)
     page = _methods_html(data)  # type: ignore[arg-type]
     assert rec.score_definition in page and "Score: score" not in page
+
+
+def test_no_bootstrap_is_never_described_as_one_over_zero_blocks() -> None:
+    from kdlens.recommend.result import probability_best_definition
+
+    assert "0 id-hashed" not in probability_best_definition(200, 0)
+    assert "not computed" in probability_best_definition(200, 0)
+    assert "1024 id-hashed" in probability_best_definition(200, 1024)

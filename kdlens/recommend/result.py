@@ -45,8 +45,8 @@ PICK_RULE = (
 
 def probability_best_definition(n_bootstrap: int, n_buckets: int) -> str:
     """What P(best score) is, in one sentence, with this ranking's counts."""
-    if not n_bootstrap:
-        return "P(best score) was not computed (no bootstrap)"
+    if not n_bootstrap or not n_buckets:  # no bootstrap, or nothing was ranked
+        return "P(best score) was not computed (no bootstrap was run)"
     return (
         f"P(best score) is the share of {n_bootstrap} bootstrap replicates (Poisson "
         f"reweightings of {n_buckets} id-hashed blocks of examples) in which a checkpoint has "
