@@ -229,6 +229,12 @@ class TemperatureFitAccumulator(Accumulator):
         return int(self._ids.shape[0])
 
     @property
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The retained sample: (example ids, float32 logits, labels), for re-evaluating
+        the fit (bootstrap refits) without copying it."""
+        return self._ids, self._z, self._y
+
+    @property
     def settings(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "max_rows": self.max_rows}
 

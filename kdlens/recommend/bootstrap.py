@@ -108,12 +108,10 @@ def refit_replicates(
     One exponential per logit, whatever the number of replicates.
     """
     nb, m = weights.shape
-    # The sample of the fit (ids, logits, labels); read through its private arrays because
-    # the accumulator keeps them for exactly this kind of re-evaluation.
-    ids: np.ndarray = tfit._ids
+    ids, z, y = tfit.sample
     if ids.size == 0 or not math.isfinite(fitted_temperature):
         return np.full(nb, np.nan)
-    f, d1, d2 = _nll_derivatives(tfit._z, tfit._y, fitted_temperature)
+    f, d1, d2 = _nll_derivatives(z, y, fitted_temperature)
     b = bucket_of(ids, m)
     sums = np.stack([np.bincount(b, weights=v, minlength=m) for v in (f, d1, d2)])
     count = np.bincount(b, minlength=m).astype(np.float64)

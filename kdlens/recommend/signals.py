@@ -170,7 +170,7 @@ class RecommendRequest:
             row["fitted_temperature_at_bound"] = fit.at_bound
         if r.tfit is not None and r.tfit.n:
             # The smallest class of the fit's sample (the whole split when it is small).
-            counts = np.bincount(r.tfit._y, minlength=r.tfit.num_classes)
+            counts = np.bincount(r.tfit.sample[2], minlength=r.tfit.num_classes)
             row["min_class_count"] = int(counts.min())
         return row
 
