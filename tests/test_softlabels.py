@@ -322,3 +322,28 @@ def test_nll_and_confidence_stay_at_t1_whatever_the_soft_label_temperature(
     ref = log_softmax(z, axis=1)
     np.testing.assert_allclose(cols["nll"], -ref[np.arange(300), y], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cols["confidence"], np.exp(ref).max(axis=1), rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.sampled_from([0.1, 3.0, 40.0, 400.0]),
+    t=st.sampled_from([2, 3, 4, 8]),
+)
+def test_t1_core_derived_from_integer_t_matches_a_direct_pass(seed, scale, t):
+    # The report's one pass measures T = 1 (analysis) and T = 4 (ranking); the T = 1
+    # core is derived from the T = 4 one by squaring and must equal a direct pass.
+    from kdlens.measures.core import _Core, _cores_for
+
+    z, y = inputs.random_teacher(200, 7, seed=seed, scale=scale)
+    derived = _cores_for(z, [1.0, float(t)])[1.0]
+    direct = _Core(z, 1.0)
+    np.testing.assert_allclose(derived.x, direct.x, rtol=1e-15, atol=1e-12 * scale)
+    normal = direct.e > 1e-300  # below, both are subnormal or 0: compared absolutely
+    # exp's relative error grows with |x| (the rounding of x / T, scaled back by T).
+    np.testing.assert_allclose(derived.e[normal], direct.e[normal], rtol=1e-12)
+    np.testing.assert_allclose(derived.e[~normal], direct.e[~normal], atol=1e-300)
+    got, *_ = sl._per_example_core(z, y, 1.0, 0.01, derived)
+    want, *_ = sl._per_example_core(z, y, 1.0, 0.01)
+    for name, col in want.items():
+        np.testing.assert_allclose(got[name], col, rtol=1e-12, atol=1e-12, err_msg=name)

@@ -31,6 +31,7 @@ from kdlens._internal.progress import as_progress
 from kdlens._internal.resources import check_memory
 from kdlens.errors import InputError
 from kdlens.measures.calibration import TemperatureFitAccumulator
+from kdlens.measures.core import _cores_for
 from kdlens.measures.registry import label_needers
 from kdlens.measures.softlabels import _Core, _per_example_core, _Target
 from kdlens.measures.summary import SoftLabelAccumulator
@@ -132,8 +133,11 @@ class _PartAccumulators:
         """Add one batch; returns its per-example columns per temperature."""
         z, y = b.logits, b.labels.astype(np.int64)
         out: dict[float, dict[str, np.ndarray]] = {}
+        # T = 1 beside an integer T (analysis and ranking in one report) shares one
+        # exponential pass; formed before the similarity sums consume ``core.e`` in place.
+        shared = _cores_for(z, list(self.sets))
         for i, (t, ms) in enumerate(self.sets.items()):
-            cols, core, tg, _ = _per_example_core(z, y, t, self.delta)
+            cols, core, tg, _ = _per_example_core(z, y, t, self.delta, shared.pop(t, None))
             out[t] = cols
             ms.soft.update_arrays(cols, y)
             for ex in self.extras.values():

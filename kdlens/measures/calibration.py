@@ -223,6 +223,9 @@ class TemperatureFitAccumulator(Accumulator):
         self._ids = np.empty(0, np.int64)
         self._z = np.empty((0, self.num_classes), np.float32)
         self._y = np.empty(0, np.int64)
+        # The fit per bounds, cleared when the sample changes: analyze and recommend
+        # finish from the same accumulator in one pass and must not fit it twice.
+        self._fits: dict[tuple[float, float], float] = {}
 
     @property
     def n(self) -> int:
@@ -275,12 +278,16 @@ class TemperatureFitAccumulator(Accumulator):
         self._z = np.concatenate([self._z, z])[order]
         self._y = np.concatenate([self._y, y.astype(np.int64)])[order]
         self._prio, self._ids = prio[order], ids[order]
+        self._fits = {}
 
     def finalize(self, *, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
         """The fitted temperature, NaN when the sample holds no labelled example."""
         if self.n == 0:
             return float("nan")
-        return _compute_fit_temperature(self._z, self._y, bounds)
+        key = (float(bounds[0]), float(bounds[1]))
+        if key not in self._fits:
+            self._fits[key] = _compute_fit_temperature(self._z, self._y, key)
+        return self._fits[key]
 
     def nll_at(self, temperature: float) -> float:
         """Mean NLL of the retained sample at ``temperature`` (NaN when it is empty)."""

@@ -37,6 +37,27 @@ class _Core:
         self.log_s = np.log(self.s)
         self.ex: np.ndarray | None = None  # sum(e * x) per row, filled when needed
 
+    @classmethod
+    def _from_shifted(cls, x: np.ndarray, e: np.ndarray, temperature: float) -> _Core:
+        core = cls.__new__(cls)
+        core.x, core.e, core.temperature = x, e, temperature
+        core.s = e.sum(axis=1)
+        core.log_s = np.log(core.s)
+        core.ex = None
+        return core
+
+    def at_one(self) -> _Core:
+        """The T = 1 core of the same logits, for an integer T in [2, 64].
+
+        ``z - max z = T * x`` and ``exp(z - max z) = e ** T`` (the maximum sits at the same
+        index for every T > 0), so a few multiplies replace a second copy, shift and
+        exponential pass. For a power-of-two T the shifted logits are bit-identical to a
+        direct T = 1 pass and ``e ** T`` is within a few ulps of ``exp``; both underflow
+        to 0 at the same place.
+        """
+        t = int(self.temperature)
+        return _Core._from_shifted(self.x * t, _power(self.e, t), 1.0)
+
     def entropy(self) -> np.ndarray:
         if self.ex is None:
             self.ex = np.einsum("ij,ij->i", self.e, self.x)
@@ -160,9 +181,27 @@ def _log_s_at_one(core: _Core) -> np.ndarray:
     t = core.temperature
     if t == 1.0:
         return core.log_s
-    if float(t).is_integer() and 2 <= t <= 64:
+    if _derivable(t):
         return np.log(_row_sum_power(core.e, int(t)))
     return np.log(np.exp(core.x * t).sum(axis=1))
+
+
+def _derivable(temperature: float) -> bool:
+    """Whether the T = 1 core can be formed from a core at ``temperature`` by squaring."""
+    return float(temperature).is_integer() and 2 <= temperature <= 64
+
+
+def _cores_for(z: np.ndarray, temperatures: list[float]) -> dict[float, _Core]:
+    """Cores that can share one exponential pass: when T = 1 and an integer T > 1 are
+    both wanted, the T = 1 core is derived from the other (:meth:`_Core.at_one`). The
+    rest are built by the caller as usual."""
+    if 1.0 not in temperatures:
+        return {}
+    base = next((t for t in temperatures if t != 1.0 and _derivable(t)), None)
+    if base is None:
+        return {}
+    core = _Core(z, base)
+    return {base: core, 1.0: core.at_one()}
 
 
 def _normalize_nt(h: np.ndarray, k: int) -> np.ndarray:

@@ -245,12 +245,14 @@ def _compute_per_example(
 
 
 def _per_example_core(
-    z: np.ndarray, y: np.ndarray, temperature: float, delta: float
+    z: np.ndarray, y: np.ndarray, temperature: float, delta: float, core: _Core | None = None
 ) -> tuple[dict[str, np.ndarray], _Core, _Target, np.ndarray]:
     """:func:`_compute_per_example` plus its intermediates (for the similarity sums)
-    and the labels it used (the prediction where ``y`` is -1)."""
+    and the labels it used (the prediction where ``y`` is -1). ``core``: a core of ``z`` at
+    ``temperature`` already formed (:func:`kdlens.measures.core._cores_for`)."""
     n, k = z.shape
-    core = _Core(z, temperature)
+    if core is None:
+        core = _Core(z, temperature)
     missing = y < 0
     any_missing = bool(missing.any())
     prediction = np.argmax(core.x, axis=1)  # argmax is invariant to T > 0
