@@ -481,3 +481,41 @@ def test_a_store_skips_files_under_dot_directories(tmp_path: Path) -> None:
     _ok_store(tmp_path / "s")
     _ok_store(tmp_path / "s" / ".stage", run="hidden")
     assert open_store(tmp_path / "s").keys() == [("r", "c")]
+
+
+@pytest.mark.parametrize("command", ["analyze", "recommend", "report", "graph"])
+def test_a_corrupt_data_page_is_bad_input_naming_the_file(tmp_path: Path, command: str) -> None:
+    # The footer is intact, so the store opens; the page fails only when decoded. pyarrow
+    # raises that as an OSError without errno: it must be exit 2 naming the file, not 3.
+    store = tmp_path / "store"
+    rng = np.random.default_rng(0)
+    for ck in ("ep1", "ep2"):
+        z = rng.normal(size=(64, 3)).astype(np.float32)
+        y = rng.integers(0, 3, 64)
+        write_logits(store / f"{ck}.parquet", z, split="train", run="r", checkpoint=ck, labels=y)
+    victim = next(store.rglob("ep2*.parquet"))
+    raw = bytearray(victim.read_bytes())
+    for i in range(40, min(len(raw) - 64, 600)):
+        raw[i] = (raw[i] * 7 + 13) % 256
+    victim.write_bytes(bytes(raw))
+    out = tmp_path / ("out.json" if command == "graph" else "out")
+    args = {
+        "analyze": [str(store), "-o", str(out)],
+        "recommend": [str(store)],
+        "report": [str(store), "-o", str(tmp_path / "r.html")],
+        "graph": [
+            str(store),
+            "--run",
+            "r",
+            "--checkpoint",
+            "ep2",
+            "--split",
+            "train",
+            "-o",
+            str(out),
+        ],
+    }[command]
+    res = runner.invoke(app, [command, *args])
+    assert res.exit_code == 2, res.output
+    assert str(victim) in res.output and "data unreadable" in res.output
+    assert not out.exists() and not (tmp_path / "r.html").exists()

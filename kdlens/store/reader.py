@@ -125,28 +125,40 @@ class LogitsStore:
         ``check_labels=False`` hands them out as they are (``validate`` counts them).
         """
         rows = batch_rows or default_batch_rows(self.num_classes)
-        k = self.num_classes
         for part in self.find(run, checkpoint, split):
-            pf = pq.ParquetFile(part.file)
-            cols = ["example_id", "label", "logits"] + (
-                ["run", "checkpoint", "split"] if part.mixed else []
-            )
-            md = pf.metadata
-            for g in part.row_groups:
-                # Whole row groups decode fastest (columns in parallel); kdlens writes them
-                # bounded, so only a foreign file's oversized group falls back to streaming.
-                if md.row_group(g).num_rows <= 2 * rows:
-                    chunks = pf.read_row_group(g, columns=cols).to_batches(max_chunksize=rows)
-                else:
-                    chunks = pf.iter_batches(batch_size=rows, row_groups=[g], columns=cols)
-                for rb in chunks:
-                    if part.mixed:
-                        rb = _filter_part(rb, part)
-                    if rb.num_rows:
-                        b = _to_batch(rb, k, part.file)
-                        if check_labels:
-                            _check_labels(b, k, part)
-                        yield b
+            try:
+                yield from self._part_batches(part, rows, check_labels)
+            except (OSError, pa.ArrowException) as exc:
+                # A corrupt page surfaces only when read; pyarrow raises it as an OSError
+                # without errno. That is bad input naming the file (exit 2), not the
+                # operating system refusing (an OSError with an errno: exit 3).
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise
+                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise StoreError(f"{part.file}: data unreadable ({reason})") from exc
+
+    def _part_batches(self, part: Part, rows: int, check_labels: bool) -> Iterator[Batch]:
+        k = self.num_classes
+        pf = pq.ParquetFile(part.file)
+        cols = ["example_id", "label", "logits"] + (
+            ["run", "checkpoint", "split"] if part.mixed else []
+        )
+        md = pf.metadata
+        for g in part.row_groups:
+            # Whole row groups decode fastest (columns in parallel); kdlens writes them
+            # bounded, so only a foreign file's oversized group falls back to streaming.
+            if md.row_group(g).num_rows <= 2 * rows:
+                chunks = pf.read_row_group(g, columns=cols).to_batches(max_chunksize=rows)
+            else:
+                chunks = pf.iter_batches(batch_size=rows, row_groups=[g], columns=cols)
+            for rb in chunks:
+                if part.mixed:
+                    rb = _filter_part(rb, part)
+                if rb.num_rows:
+                    b = _to_batch(rb, k, part.file)
+                    if check_labels:
+                        _check_labels(b, k, part)
+                    yield b
 
     def prefetch_batches(
         self,
