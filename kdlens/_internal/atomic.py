@@ -152,9 +152,15 @@ def staged_dir(target: str | os.PathLike[str], *, remove: Iterable[str] = ()) ->
     not write are deleted: a re-run drops the outputs it no longer makes (a stale
     ``examples.parquet``) while files kdlens does not own stay. When the block raises
     (Ctrl-C included), the stage and every parent directory this call created are
-    removed and ``target`` is not touched.
+    removed and ``target`` is not touched. A URL ``target``: the stage is a local
+    temporary directory, uploaded by :func:`upload_files` when the block succeeds.
     """
-    dest = Path(target)
+    url = remote_url(target)
+    if url is not None:
+        with _remote_stage(url, remove) as stage:
+            yield stage
+        return
+    dest = local_path(target)
     if dest.exists() and not dest.is_dir():
         raise NotADirectoryError(20, "exists and is not a directory", str(dest))
     created = _make_parents(dest.parent)
