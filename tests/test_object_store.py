@@ -212,3 +212,30 @@ def test_local_paths_and_file_urls_stay_paths(tmp_path: Path) -> None:
     assert open_store(tmp_path.as_uri()).files == [tmp_path / "r" / "c.parquet"]
     with pytest.raises(InputError, match="cannot open this URL"):
         open_store("nosuchprotocol://x/y")
+
+
+def test_import_adds_a_split_to_a_checkpoint_at_a_url(bucket: str, tmp_path: Path) -> None:
+    a, labels, _ = _inputs(tmp_path, 0)
+    url = f"s3://{bucket}/store"
+    assert _import([a], labels, url, "--checkpoint", "ep", "--split", "train").exit_code == 0
+    assert _import([a], labels, url, "--checkpoint", "ep", "--split", "val").exit_code == 0
+    res = _import([a], labels, url, "--checkpoint", "ep", "--split", "val")
+    assert res.exit_code == 2 and "already exists and holds split 'val'" in res.output
+    assert open_store(url).splits() == ["train", "val"]
+
+
+def test_controls_and_analysis_written_to_urls(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    a, labels, _ = _inputs(tmp_path, 0)
+    url = f"s3://{bucket}/store"
+    assert _import([a], labels, url).exit_code == 0
+    res = runner.invoke(app, ["controls", url, "--kind", "permuted", "-o", f"s3://{bucket}/ctl"])
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, ["validate", f"s3://{bucket}/ctl", "-q"]).exit_code == 0
+    out = f"s3://{bucket}/analysis"
+    res = runner.invoke(app, ["analyze", url, "-o", out, "--permutations", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    assert f"{bucket}/analysis/summary.parquet" in _keys(bucket)
+    assert list(tmp_path.glob("s3*")) == []  # nothing written to a local "s3:" directory
