@@ -146,7 +146,8 @@ def resolve_url(url: Url) -> list[Url]:
     fs.invalidate_cache(key.rstrip("/"))
     if any(ch in key for ch in "*?["):
         scheme = url.split("://", 1)[0]
-        files = sorted(Url(f"{scheme}://{f}") for f in fs.glob(key) if fs.isfile(f))
+        found = [Url(f"{scheme}://{f}") for f in fs.glob(key) if fs.isfile(f)]
+        files = sorted(u for u in found if not u.name.startswith("."))  # as glob.glob does
         if not files:
             raise StoreError(f"{url}: glob matches no files")
         return files
