@@ -178,6 +178,8 @@ def test_writer_to_url_is_whole_or_absent(bucket: str) -> None:
     with pytest.raises(InputError, match="already exists"):
         CheckpointWriter(url, run="run", checkpoint="ck", num_classes=4)
     assert _keys(bucket) == [f"{bucket}/w/run/ck.parquet"]
+    with pytest.raises(InputError, match="cannot name a file"):  # names.py's rule, as on disk
+        CheckpointWriter(f"s3://{bucket}/w/x.parquet", run="../up", checkpoint="c", num_classes=4)
 
 
 def test_reader_skips_dot_keys_and_reports_missing(bucket: str) -> None:
