@@ -5,6 +5,12 @@ the same output fails at once with :class:`~kdlens.errors.LockedError` naming th
 holder's pid. The file is ``<parent>/.<name>.lock`` (beside, not inside, so that it is
 never part of a store and survives an output directory being swapped in). A lock whose
 pid is no longer running (the holder was killed) is stale and taken over.
+
+Outputs at object-store URLs (``s3://``, ``gs://``) take no lock: an object store has no
+exclusive create that every backend honours, and a lock file there could not tell a
+live holder from a dead one. Two writers of one URL at once are not stopped; each file
+either writes is still whole (see :mod:`kdlens._internal.atomic`), the last move wins.
+A ``file://`` URL is a local path and is locked as one.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kdlens._internal.atomic import local_path, remote_url
 from kdlens.errors import LockedError
 
 __all__: list[str] = []
@@ -85,9 +92,9 @@ def locked_output(
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             value = signature.bind(*args, **kwargs).arguments.get(parameter)
-            if value is None:
-                return fn(*args, **kwargs)
-            target = Path(value).parent if parent else Path(value)
+            if value is None or remote_url(value) is not None:
+                return fn(*args, **kwargs)  # no lock on an object store (see above)
+            target = local_path(value).parent if parent else local_path(value)
             with output_lock(target, directory=directory):
                 return fn(*args, **kwargs)
 

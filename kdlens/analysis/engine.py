@@ -50,6 +50,7 @@ from kdlens.errors import InputError
 from kdlens.measures.calibration import DEFAULT_N_BINS
 from kdlens.measures.softlabels import DEFAULT_OEMC_DELTA
 from kdlens.store.format import Batch, Part
+from kdlens.store.fs import StorePath, store_path
 from kdlens.store.reader import LogitsStore, open_store
 
 __all__ = [
@@ -79,13 +80,13 @@ class AnalysisResult:
     similarity: pl.DataFrame
     edges: pl.DataFrame
     temperature: float
-    examples_path: Path | None = None
+    examples_path: StorePath | None = None
     calibration: pl.DataFrame = field(default_factory=pl.DataFrame)
 
     TABLES = ("summary", "classes", "similarity", "edges", "calibration")
 
     @locked_output("directory", directory=False)
-    def write(self, directory: str | os.PathLike[str]) -> dict[str, Path]:
+    def write(self, directory: str | os.PathLike[str]) -> dict[str, StorePath]:
         """Write ``<table>.parquet`` for each table into ``directory``: built beside it and
         moved in when complete (:func:`~kdlens._internal.atomic.staged_dir`)."""
         out = _check_directory(directory)
@@ -103,7 +104,7 @@ OUTPUT_FILES = (*(f"{t}.parquet" for t in AnalysisResult.TABLES), "examples.parq
 @locked_output("directory", directory=False)  # held for the whole pass, not just the write
 def analyze_into(
     directory: str | os.PathLike[str], store: Any, *, per_example: bool = False, **options: Any
-) -> tuple[AnalysisResult, dict[str, Path]]:
+) -> tuple[AnalysisResult, dict[str, StorePath]]:
     """:func:`analyze` ``store`` and write its tables (and ``examples.parquet`` when
     ``per_example``) into ``directory`` as one transaction.
 
@@ -122,8 +123,8 @@ def analyze_into(
     return result, {name: out / f"{name}.parquet" for name in AnalysisResult.TABLES}
 
 
-def _check_directory(directory: str | os.PathLike[str]) -> Path:
-    out = Path(directory)
+def _check_directory(directory: str | os.PathLike[str]) -> StorePath:
+    out = store_path(directory)  # a URL (s3://bucket/analysis) keeps its scheme
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory; choose another directory")
     return out

@@ -72,11 +72,11 @@ def _fit_columns(columns: list[tuple[str, list[str]]], width: int) -> tuple[list
 @handle_errors
 def analyze_command(
     store: str = typer.Argument(..., help="Logits store: a Parquet file, a directory or a glob."),
-    output: Path = typer.Option(
-        Path("kdlens-analysis"),
+    output: str = typer.Option(
+        "kdlens-analysis",
         "-o",
         "--out",
-        help="Directory for summary/classes/similarity/edges/calibration .parquet.",
+        help="Directory (or URL) for summary/classes/similarity/edges/calibration .parquet.",
     ),
     temperature: float = typer.Option(
         1.0, "--temperature", "-T", help="Temperature T of the soft-label measures."
@@ -210,7 +210,9 @@ def _flags(summary: Any) -> list[str]:
 def controls_command(
     store: str = typer.Argument(..., help="Logits store of the source teacher checkpoints."),
     kind: str = typer.Option(..., "--kind", help=f"Control teacher: {' | '.join(CONTROL_KINDS)}."),
-    output: Path = typer.Option(..., "-o", "--out", help="Directory for the control store."),
+    output: str = typer.Option(
+        ..., "-o", "--out", help="Directory (or s3://... URL) for the control store."
+    ),
     temperature: float = typer.Option(
         1.0, "--temperature", "-T", help="Temperature T at which the control is defined."
     ),

@@ -49,7 +49,9 @@ def _root(
 @app.command("validate")
 @handle_errors
 def validate_cmd(
-    store: str = typer.Argument(..., help="A Parquet file, a directory of them, or a glob."),
+    store: str = typer.Argument(
+        ..., help="A Parquet file, a directory of them, or a glob (a path or a URL)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Print only the problems; the exit code says the rest."
@@ -131,7 +133,9 @@ def _render_problems(r: ValidationReport) -> None:
 @handle_errors
 def import_cmd(
     files: list[Path] = typer.Argument(..., help="Input arrays (N, K): .npy, .npz, .pt, .csv."),
-    out: Path = typer.Option(..., "-o", "--out", help="The store directory to create."),
+    out: str = typer.Option(
+        ..., "-o", "--out", help="The store directory to create (a path or an s3://... URL)."
+    ),
     kind: str = typer.Option(
         ..., "--kind", help=f"What the numbers are: {' | '.join(KINDS)}. Never guessed."
     ),

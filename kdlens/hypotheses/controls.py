@@ -46,6 +46,7 @@ from kdlens._internal.checks import check_logits_labels, check_square, check_tem
 from kdlens._internal.names import path_component
 from kdlens.errors import InputError
 from kdlens.measures.core import _Core, _Target
+from kdlens.store.fs import StorePath, store_path
 from kdlens.store.reader import LogitsStore, open_store
 from kdlens.store.writer import CheckpointWriter
 
@@ -152,7 +153,7 @@ def make_controls(
     overwrite: bool = False,
     runs: Sequence[str] | None = None,
     batch_rows: int | None = None,
-) -> list[Path]:
+) -> list[StorePath]:
     """Write the ``kind`` control of every run x checkpoint of ``store`` under directory ``out``.
 
     Streams part by part through :class:`~kdlens.store.writer.CheckpointWriter`; one file
@@ -165,7 +166,7 @@ def make_controls(
     kind = _check_kind(kind)
     t = check_temperature(temperature)
     st: LogitsStore = open_store(store)
-    out_dir = Path(out)
+    out_dir = store_path(out)  # a directory or a URL (s3://bucket/controls)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a directory")
     keys = [key for key in st.keys() if runs is None or key[0] in runs]

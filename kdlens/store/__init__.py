@@ -6,6 +6,7 @@
 - :mod:`kdlens.store.reader`: the lazy reader (``open_store``, ``LogitsStore``).
 - :mod:`kdlens.store.validate`: ``kdlens validate``.
 - :mod:`kdlens.store.importing`: ``kdlens import`` of arrays written elsewhere.
+- :mod:`kdlens.store.fs`: stores at URLs (``s3://``, ``gs://``, ``file://``).
 """
 
 from kdlens.store.arrays import read_array_file

@@ -7,13 +7,13 @@ the new split, through the same atomic writer, so a failure leaves the old file 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kdlens.errors import InputError
 from kdlens.store.format import METADATA_KEY
+from kdlens.store.fs import StorePath, open_parquet
 from kdlens.store.scan import read_metadata
 
 __all__ = ["ExistingCheckpoint", "read_existing"]
@@ -36,11 +36,9 @@ class ExistingCheckpoint:
             writer.write(z, split=split, example_ids=ids, labels=labels)
 
 
-def read_existing(path: Path, *, split: str, num_classes: int) -> ExistingCheckpoint:
+def read_existing(path: StorePath, *, split: str, num_classes: int) -> ExistingCheckpoint:
     """Read ``path`` to add ``split`` to it; refuse when the split is there or K differs."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
+    table = open_parquet(path).read()
     k = table.schema.field("logits").type.list_size
     meta = read_metadata((table.schema.metadata or {}).get(METADATA_KEY), path, k)
     if k != num_classes:

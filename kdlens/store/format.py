@@ -1,9 +1,9 @@
 """The logits store: Parquet files of raw teacher logits, one row per example.
 
 A *store* is one Parquet file, a directory of them (``kdlens dump`` writes one
-file per run x checkpoint) or a glob. Each row is one (run, checkpoint, split,
-example); ``logits`` is a fixed-size list of K float32. The format is documented
-in ``data_schema/README.md``.
+file per run x checkpoint) or a glob, on local disk or at a URL (:mod:`.fs`). Each
+row is one (run, checkpoint, split, example); ``logits`` is a fixed-size list of K
+float32. The format is documented in ``data_schema/README.md``.
 
 Reading is lazy: opening a store reads only Parquet footers; a *part* (one run,
 checkpoint and split) is located by row-group statistics and read one bounded
@@ -18,11 +18,12 @@ files from their footers and :mod:`.reader` reads them lazily.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from kdlens.store.fs import StorePath
 
 __all__ = [
     "FORMAT_VERSION",
@@ -78,7 +79,7 @@ class Part:
     step: int | None
     batch_size: int | None
     num_rows: int
-    file: Path
+    file: StorePath
     row_groups: tuple[int, ...]
     #: True when a row group also holds other parts and rows must be filtered.
     mixed: bool = False
@@ -104,7 +105,7 @@ class Batch:
 class FileInfo:
     """One Parquet file of a store as its footer describes it, with the parts it holds."""
 
-    path: Path
+    path: StorePath
     num_classes: int
     metadata: dict[str, Any]
     parts: list[Part] = field(default_factory=list)

@@ -27,6 +27,7 @@ from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
 from kdlens.store.adding import read_existing
 from kdlens.store.arrays import _load_npy, read_array_file
+from kdlens.store.fs import StorePath, store_path
 from kdlens.store.scan import scan_file
 from kdlens.store.writer import CheckpointWriter
 
@@ -39,7 +40,7 @@ KINDS = ("logits", "probs", "log-probs")
 @dataclass(frozen=True)
 class ImportedCheckpoint:
     source: Path
-    path: Path
+    path: StorePath
     run: str
     checkpoint: str
     rows: int
@@ -73,7 +74,8 @@ def import_files(
     ----------
     files : input arrays, shape (N, K) each: ``.npy``, ``.npz``, ``.pt`` (tensors
         only, loaded with ``weights_only=True``) or ``.csv`` (numeric columns).
-    out : the store directory; each input is written to ``out/<run>/<checkpoint>.parquet``.
+    out : the store directory or URL; each input is written to
+        ``out/<run>/<checkpoint>.parquet``.
     kind : what the numbers are: ``logits``, ``probs`` or ``log-probs``.
     labels : a key (npz/pt) or column (csv) inside each input, or a path to a
         ``.npy``/``.txt``/``.csv`` file of N integer labels shared by every input.
@@ -107,7 +109,7 @@ def import_files(
     path_component(run, field="run")
     for name in names:
         path_component(name, field="checkpoint")
-    out = Path(out)
+    out = store_path(out)  # a directory or a URL prefix (s3://bucket/store)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
     class_names = _read_classes(classes)
@@ -164,12 +166,13 @@ def import_files(
     return written
 
 
-def _kept_num_classes(out: Path, run: str, names: Sequence[str]) -> int | None:
+def _kept_num_classes(out: StorePath, run: str, names: Sequence[str]) -> int | None:
     """K of the store files an overwrite keeps (those this import does not replace)."""
     if not out.is_dir():
         return None
     replaced = {out / run / f"{n}.parquet" for n in names}
-    for f in sorted(out.rglob("*.parquet")):
+    found: list[StorePath] = sorted(out.rglob("*.parquet"), key=str)
+    for f in found:
         if f not in replaced and not f.name.startswith("."):
             return scan_file(f).num_classes
     return None

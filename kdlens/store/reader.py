@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kdlens.errors import StoreError
 from kdlens.store.format import Batch, FileInfo, Part, default_batch_rows
+from kdlens.store.fs import StorePath, open_parquet
 from kdlens.store.scan import resolve_files, scan_file
 
 __all__ = ["LogitsStore", "open_store"]
@@ -38,7 +37,7 @@ class LogitsStore:
 
     # -- metadata
     @property
-    def files(self) -> list[Path]:
+    def files(self) -> list[StorePath]:
         return [f.path for f in self._files]
 
     @property
@@ -46,7 +45,7 @@ class LogitsStore:
         """File metadata of the first file (dataset, model, class names, ...)."""
         return dict(self._files[0].metadata)
 
-    def file_metadata(self, path: Path) -> dict[str, Any]:
+    def file_metadata(self, path: StorePath) -> dict[str, Any]:
         for f in self._files:
             if f.path == path:
                 return dict(f.metadata)
@@ -139,7 +138,7 @@ class LogitsStore:
 
     def _part_batches(self, part: Part, rows: int, check_labels: bool) -> Iterator[Batch]:
         k = self.num_classes
-        pf = pq.ParquetFile(part.file)
+        pf = open_parquet(part.file)
         cols = ["example_id", "label", "logits"] + (
             ["run", "checkpoint", "split"] if part.mixed else []
         )
@@ -235,7 +234,7 @@ def _num(x: int | None) -> float:
     return float("inf") if x is None else float(x)
 
 
-def _to_batch(rb: pa.RecordBatch, k: int, path: Path) -> Batch:
+def _to_batch(rb: pa.RecordBatch, k: int, path: StorePath) -> Batch:
     col = rb.column("logits")
     if col.null_count:
         raise StoreError(f"{path}: column 'logits' has {col.null_count} null rows")
@@ -273,7 +272,9 @@ def _filter_part(rb: pa.RecordBatch, part: Part) -> pa.RecordBatch:
 
 
 def open_store(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> LogitsStore:
-    """Open a store: a Parquet file, a directory of them, a glob, or a list.
+    """Open a store: a Parquet file, a directory of them, a glob, or a list; each a local
+    path or a URL (``s3://bucket/store``, ``gs://...``, ``file://...``; see
+    :mod:`kdlens.store.fs` for credentials).
 
     Only footers are read. Raises :class:`StoreError` naming the file and the
     problem when a file is not Parquet, is truncated, lacks a column or has a

@@ -17,24 +17,33 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from kdlens._internal.atomic import local_path, remote_url
 from kdlens.errors import StoreError
 from kdlens.store.format import METADATA_KEY, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, FileInfo, Part
+from kdlens.store.fs import StorePath, Url, open_parquet, resolve_url
 
 __all__ = ["read_metadata", "resolve_files", "scan_file"]
 
 
-def resolve_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The Parquet files behind a file, directory, glob or list of them."""
+def resolve_files(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+) -> list[StorePath]:
+    """The Parquet files behind a file, directory, glob or list of them (paths or URLs)."""
     if isinstance(source, (list, tuple)):
-        out: list[Path] = []
+        out: list[StorePath] = []
         for s in source:
             out.extend(resolve_files(s))
         return out
+    url = remote_url(source)
+    if url is not None:
+        return list(resolve_url(Url(url)))
     s = str(source)
-    p = Path(s)
+    p = local_path(s)
+    if p != Path(s):  # a file:// URL: its path is what is globbed and named
+        s = str(p)
     if p.is_dir():
         # Dot-files and dot-directories are not part of a store (a stage being built is one).
-        files = sorted(
+        files: list[StorePath] = sorted(
             q
             for q in p.rglob("*.parquet")
             if not any(c.startswith(".") for c in q.relative_to(p).parts)
@@ -52,10 +61,10 @@ def resolve_files(source: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     raise StoreError(f"{s}: no such file or directory")
 
 
-def scan_file(path: Path) -> FileInfo:
+def scan_file(path: StorePath) -> FileInfo:
     """Check one file's schema and metadata and index its parts; :class:`StoreError` if bad."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = open_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a bad footer
         raise StoreError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
     schema = pf.schema_arrow
@@ -101,7 +110,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 _TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "an object"}
 
 
-def read_metadata(raw: bytes | None, path: Path, num_classes: int) -> dict[str, Any]:
+def read_metadata(raw: bytes | None, path: StorePath, num_classes: int) -> dict[str, Any]:
     """The file metadata (key ``kdlens``) checked against ``metadata.schema.json``.
 
     A file without the key (written by another tool) reads as ``{}``. Anything else
@@ -148,7 +157,7 @@ def _show(v: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _index_parts(pf: pq.ParquetFile, path: Path) -> list[Part]:
+def _index_parts(pf: pq.ParquetFile, path: StorePath) -> list[Part]:
     """Map row groups to parts from their min/max statistics; scan only when mixed."""
     names = pf.schema_arrow.names
     cols = {

@@ -14,7 +14,6 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -202,7 +201,7 @@ def _scan_all(source: Any, report: ValidationReport) -> list[FileInfo]:
     infos = []
     for p in paths:
         try:
-            infos.append(scan_file(Path(p)))
+            infos.append(scan_file(p))
         except KdlensError as exc:
             report.unreadable.append(str(exc))
     return infos

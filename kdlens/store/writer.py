@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from kdlens._internal.names import path_component
 from kdlens._version import __version__
 from kdlens.errors import InputError, StoreError
 from kdlens.store.format import FORMAT_VERSION, METADATA_KEY, arrow_schema, default_batch_rows
+from kdlens.store.fs import StorePath, store_path
 
 __all__ = ["CheckpointWriter", "write_logits"]
 
@@ -27,6 +27,8 @@ class CheckpointWriter:
 
     Rows go to ``<path>.tmp-*`` and the file is renamed into place on
     :meth:`close`, so a crash or Ctrl-C never leaves a half-written store file.
+    ``path`` may be a URL (``s3://bucket/store/run/ck.parquet``): the file is written
+    locally and uploaded on :meth:`close` (see :mod:`kdlens._internal.atomic`).
     Use as a context manager; an exception inside the block discards the file.
 
     >>> with CheckpointWriter("ck.parquet", run="bs64-seed0", checkpoint="ep8",
@@ -55,7 +57,7 @@ class CheckpointWriter:
         path_component(run, field="run")
         path_component(checkpoint, field="checkpoint")
         check_class_names(class_names, num_classes)
-        self.path = Path(path)
+        self.path: StorePath = store_path(path)
         if self.path.exists() and not overwrite:
             raise InputError(f"{self.path}: already exists (pass `overwrite=True`)")
         self.num_classes = int(num_classes)
@@ -145,7 +147,7 @@ class CheckpointWriter:
         self._writer.write_table(table, row_group_size=default_batch_rows(self.num_classes))
         self.rows_written += n
 
-    def close(self) -> Path:
+    def close(self) -> StorePath:
         """Finish the file and move it into place."""
         if self._writer is not None:
             self._writer.close()
@@ -180,7 +182,7 @@ def write_logits(
     labels: Any = None,
     example_ids: Any = None,
     **kwargs: Any,
-) -> Path:
+) -> StorePath:
     """Write one split of one checkpoint in one call; see :class:`CheckpointWriter`."""
     z = _as_numpy(logits, np.float32)
     if z.ndim != 2:
@@ -189,7 +191,7 @@ def write_logits(
         path, run=run, checkpoint=checkpoint, num_classes=z.shape[1], **kwargs
     ) as w:
         w.write(z, split=split, labels=labels, example_ids=example_ids)
-    return Path(path)
+    return w.path
 
 
 def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
