@@ -154,7 +154,8 @@ def write_ensemble(
     ``members`` are ``"run/checkpoint"`` strings or (run, checkpoint) pairs; ``weights``
     default to equal. Every split present in all members is written (logits by
     :func:`to_logits`, labels and example ids of the members, which must agree); the file
-    metadata's ``config["ensemble"]`` names the members, weights, rule and temperature.
+    metadata's ``config["ensemble"]`` names the members, weights, rule and temperature
+    (``config["data"]``, the members' data split, is kept for the harness).
     ``out`` ending in ``.parquet`` is the file; otherwise a directory that receives
     ``<run>-<checkpoint>.parquet``. Returns ``out``.
     """
@@ -172,15 +173,16 @@ def write_ensemble(
     dest = Path(out)
     target = dest if dest.suffix == ".parquet" else dest / f"{run}-{ck}.parquet"
     meta = st.checkpoint_metadata(*keys[0])
-    config = {
-        "ensemble": {
-            "members": ["/".join(k) for k in keys],
-            "weights": [float(v) for v in w],
-            "rule": rule,
-            "temperature": t,
-            "source": str(st.source),
-            "splits": splits,
-        }
+    # The members' data split (the harness re-creates inputs from it); nothing run-specific.
+    data = (meta.get("config") or {}).get("data")
+    config: dict[str, object] = {} if data is None else {"data": data}
+    config["ensemble"] = {
+        "members": ["/".join(k) for k in keys],
+        "weights": [float(v) for v in w],
+        "rule": rule,
+        "temperature": t,
+        "source": str(st.source),
+        "splits": splits,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
     with CheckpointWriter(
