@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 from test_ensemble import _sub, make_store
+from test_one_pass import reads  # noqa: F401, F811  (the read-counting fixture)
 from typer.testing import CliRunner
 
 from kdlens.cli import app
@@ -105,3 +106,21 @@ def test_missing_heldout_split_exits_2(tmp_path):
     root = make_store(tmp_path, splits=("train",))
     res = runner.invoke(app, ["recommend", str(root), "--ensemble"])
     assert res.exit_code == 2 and "held-out split" in res.output
+
+
+def test_recommend_and_report_with_ensemble_read_each_part_once(tmp_path, reads):  # noqa: F811
+    root = make_store(_sub(tmp_path, "s"), c=3)
+    parts = {(p.run, p.checkpoint, p.split) for p in open_store(root).parts}
+    res = runner.invoke(app, ["recommend", str(root), "--ensemble", "-B", "5", "-q"])
+    assert res.exit_code == 0, res.output
+    assert dict(reads) == {p: 1 for p in parts}
+    reads.clear()
+    out = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", str(root), "-o", str(out), "--ensemble", "-B", "5", "-q"])
+    assert res.exit_code == 0, res.output
+    assert dict(reads) == {p: 1 for p in parts}
+    page = out.read_text()
+    assert "Ensemble teacher" in page and "Gain per added member" in page
+    plain = tmp_path / "p.html"
+    assert runner.invoke(app, ["report", str(root), "-o", str(plain), "-q"]).exit_code == 0
+    assert "Ensemble teacher" not in plain.read_text()
