@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ import typer
 from kdlens._internal import defaults
 from kdlens.cli._app import app, fail, handle_errors
 from kdlens.cli._render import console, esc, labelled, say, title
+from kdlens.cli.recommend_cmd import _f
 
 if TYPE_CHECKING:  # imported in the bodies, so that --help starts at once
     from kdlens.recommend.ensemble_result import EnsembleRecommendation
@@ -163,12 +163,6 @@ def render_ensemble(ens: EnsembleRecommendation, *, brief: bool = False) -> None
         "members = teacher forward passes per example in online KD",
         style="dim",
     )
-
-
-def _f(v: Any, fmt: str = "{:.4f}") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return fmt.format(v)
 
 
 def _path_table(ens: EnsembleRecommendation) -> Any:

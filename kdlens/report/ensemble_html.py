@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-import html
-import math
 from typing import Any
 
 __all__ = ["ensemble_html"]
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _f(v: Any, spec: str = ".4f") -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return format(v, spec) if isinstance(v, float) else str(v)
 
 
 def ensemble_html(ens: Any) -> str:
@@ -24,6 +12,8 @@ def ensemble_html(ens: Any) -> str:
     if ens is None:
         return ""
     from kdlens.recommend.ensemble_result import RULE_DEFINITIONS
+    from kdlens.report.render import _e
+    from kdlens.report.render import _fmt as _f
 
     if not ens.ok:
         return _card(f"<p>No ensemble: {_e(ens.reason)}</p>")
