@@ -24,6 +24,7 @@ _MODULES: dict[str, str] = {
     "store.validate": "PartReport ValidationReport validate",
     "store.importing": "ImportedCheckpoint import_files",
     "store.arrays": "read_array_file",
+    "store.mixture": "write_ensemble",
     "measures.softlabels": (
         "DEFAULT_OEMC_DELTA correct dark_mass effective_classes entropy log_dark_mass "
         "log_probs margin nckd_weight nll nontarget_entropy nontarget_log_probs "
@@ -55,6 +56,7 @@ _MODULES: dict[str, str] = {
         "DEFAULT_COLLAPSE_WEIGHT DEFAULT_TEMPERATURE SCORE_DEFINITION Recommendation "
         "checkpoint_signals recommend score_checkpoints"
     ),
+    "recommend.ensemble": "EnsembleRecommendation select_ensemble",
     "report.build": "build_report",
     "report.data": "ReportData collect_report_data",
     "report.render": "export_charts",
@@ -160,6 +162,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
         tckd_weight,
     )
     from kdlens.measures.summary import MEAN_COLUMNS, SoftLabelAccumulator, SoftLabelSummary
+    from kdlens.recommend.ensemble import EnsembleRecommendation, select_ensemble
     from kdlens.recommend.rank import (
         DEFAULT_COLLAPSE_WEIGHT,
         DEFAULT_TEMPERATURE,
@@ -175,6 +178,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eager
     from kdlens.store.arrays import read_array_file
     from kdlens.store.format import FORMAT_VERSION, Batch, Part, arrow_schema
     from kdlens.store.importing import ImportedCheckpoint, import_files
+    from kdlens.store.mixture import write_ensemble
     from kdlens.store.reader import LogitsStore, open_store
     from kdlens.store.validate import PartReport, ValidationReport, validate
     from kdlens.store.writer import CheckpointWriter, write_logits

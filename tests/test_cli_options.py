@@ -50,15 +50,18 @@ def _targets(command: str) -> list[tuple[Any, dict[str, str]]]:
     from kdlens.hypotheses.compare import compare_stores
     from kdlens.hypotheses.controls import make_controls
     from kdlens.measures.similarity import store_class_graph
+    from kdlens.recommend.ensemble import recommend_with_ensemble
     from kdlens.recommend.rank import recommend
     from kdlens.report.build import build_report
     from kdlens.store.importing import import_files
+    from kdlens.store.mixture import write_ensemble
     from kdlens.store.validate import validate
 
     table: dict[str, list[tuple[Any, dict[str, str]]]] = {
         "analyze": [(analyze, {})],
         "controls": [(make_controls, {"output": "out"})],
-        "recommend": [(recommend, {})],
+        "recommend": [(recommend, {}), (recommend_with_ensemble, {})],
+        "ensemble": [(write_ensemble, {})],
         "report": [(build_report, {})],
         "compare": [
             (compare_stores, {"real_students": "real_store", "control_students": "control_store"})
@@ -87,7 +90,8 @@ def _targets(command: str) -> list[tuple[Any, dict[str, str]]]:
 CLI_ONLY: dict[str, set[str]] = {
     "analyze": {"output", "as_json", "per_example", "quiet"},
     "controls": {"as_json", "quiet"},
-    "recommend": {"as_json", "quiet"},
+    "recommend": {"as_json", "quiet", "ensemble"},
+    "ensemble": {"ctx", "from_recommendation", "as_json", "quiet"},
     "report": {"quiet"},
     "compare": {"as_json", "quiet"},
     "graph": {"output", "hierarchy", "as_json", "quiet"},  # graph: write_graph's path; ...

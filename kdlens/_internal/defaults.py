@@ -40,3 +40,10 @@ RECOMMEND_TEMPERATURE = 4.0
 COLLAPSE_WEIGHT = 0.1
 N_BOOTSTRAP = 200
 BOOTSTRAP_SEED = 0
+
+#: Ensemble teachers (``recommend --ensemble``, :mod:`kdlens.recommend.ensemble`): greedy
+#: steps of the forward selection with replacement, the combination rule of the members'
+#: predictions, and the bound on the float32 per-checkpoint arrays it holds in memory.
+ENSEMBLE_MAX_MEMBERS = 8
+ENSEMBLE_RULE = "mean_prob"
+ENSEMBLE_RULES = ("mean_prob", "mean_prob_t", "mean_logit")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from kdlens.cli import (  # noqa: F401  (imported for their @app.command side effects)
     analyze_cmd,
+    ensemble_cmd,
     harness_cmd,
     recommend_cmd,
     report_cmd,

@@ -51,25 +51,65 @@ def recommend_cmd(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="No progress display; print only the recommendation."
     ),
+    ensemble: bool = typer.Option(
+        False,
+        "--ensemble",
+        help="Also select an ensemble teacher (greedy forward selection with replacement "
+        "by held-out NLL after a temperature fit) from the same read of the store.",
+    ),
+    max_members: int = typer.Option(
+        defaults.ENSEMBLE_MAX_MEMBERS,
+        "--max-members",
+        "-M",
+        min=1,
+        help="Greedy steps of the ensemble selection (with --ensemble).",
+    ),
+    rule: str = typer.Option(
+        defaults.ENSEMBLE_RULE,
+        "--rule",
+        help=f"How the ensemble combines its members ({', '.join(defaults.ENSEMBLE_RULES)}).",
+    ),
 ) -> None:
     """Rank every checkpoint for distillation; exit 1 when there is nothing to rank."""
     from kdlens.recommend.rank import recommend
 
+    ens = None
     with progress_bar(quiet or as_json) as progress:
-        rec = recommend(
-            source,
-            temperature=temperature,
-            n_bootstrap=n_bootstrap,
-            seed=seed,
-            top=top,
-            progress=progress,
-        )
+        if ensemble:
+            from kdlens.recommend.ensemble import recommend_with_ensemble
+
+            rec, ens = recommend_with_ensemble(
+                source,
+                temperature=temperature,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                top=top,
+                max_members=max_members,
+                rule=rule,
+                progress=progress,
+            )
+        else:
+            rec = recommend(
+                source,
+                temperature=temperature,
+                n_bootstrap=n_bootstrap,
+                seed=seed,
+                top=top,
+                progress=progress,
+            )
     if as_json:
-        typer.echo(json.dumps(rec.to_dict(), indent=2, default=str))
+        payload = rec.to_dict()
+        if ens is not None:
+            payload["ensemble"] = ens.to_dict()
+        typer.echo(json.dumps(payload, indent=2, default=str))
     elif quiet:
         _render_verdict(rec)
     else:
         _render(rec)
+    if ens is not None and not as_json:
+        from kdlens.cli.ensemble_cmd import render_ensemble
+
+        render_ensemble(ens, brief=quiet)
     if not rec.ok:
         if as_json:
             typer.echo(f"error: {rec.reason}", err=True)

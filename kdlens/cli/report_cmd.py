@@ -50,6 +50,12 @@ def report_cmd(
         None, "--png", help="Also write every chart as PNG and SVG into this directory."
     ),
     title: str | None = typer.Option(None, "--title", help="Title of the page."),
+    ensemble: bool = typer.Option(
+        False,
+        "--ensemble",
+        help="Also show an ensemble teacher (recommend --ensemble's selection, defaults) "
+        "beside the recommended checkpoint; needs the store.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the report."),
 ) -> None:
     """Write a self-contained HTML report (works offline) of a store or an analysis."""
@@ -68,6 +74,7 @@ def report_cmd(
             png_dir=png_dir,
             title=title,
             progress=progress,
+            ensemble=ensemble,
         )
     if png_dir is not None and not quiet:
         say(f"charts written to {png_dir}/ (PNG and SVG)", err=True)

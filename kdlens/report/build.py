@@ -53,6 +53,7 @@ def build_report(
     png_dir: str | os.PathLike[str] | None = None,
     title: str | None = None,
     progress: Progress = _quiet,
+    ensemble: bool = False,
 ) -> Path:
     """Write the self-contained HTML report of a store or an analysis; return its path.
 
@@ -60,6 +61,7 @@ def build_report(
     file, written atomically) and ``png_dir`` (also write every chart there as PNG
     and SVG). Analyse/recommend commands that already hold their results pass the
     ``AnalysisResult`` as ``source`` and the ``Recommendation`` as ``recommendation``.
+    ``ensemble`` adds the ensemble teacher beside the recommendation (from the same pass).
     """
     out_path = Path(out)
     if out_path.is_dir():
@@ -74,6 +76,7 @@ def build_report(
         n_bootstrap=n_bootstrap,
         title=title,
         progress=progress,
+        ensemble=ensemble,
     )
     progress("building charts")
     sections = report_charts(data)

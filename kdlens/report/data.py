@@ -75,6 +75,8 @@ class ReportData:
     edges: pl.DataFrame | None = None
     classes: pl.DataFrame | None = None
     recommendation: Any = None
+    #: The ensemble teacher (``ensemble=True`` with a store), else None.
+    ensemble: Any = None
     students: pl.DataFrame | None = None
     reliability: pl.DataFrame | None = None
     entropy_hist: pl.DataFrame | None = None
@@ -125,6 +127,7 @@ def collect_report_data(
     n_bootstrap: int = N_BOOTSTRAP,
     title: str | None = None,
     progress: Progress = _quiet,
+    ensemble: bool = False,
 ) -> ReportData:
     """Gather the report's tables from a store, an analysis directory or an analysis result.
 
@@ -148,6 +151,9 @@ def collect_report_data(
     checkpoint
         ``"run/checkpoint"`` (or a checkpoint name) whose classes are shown; default
         the recommended one.
+    ensemble
+        Also select an ensemble teacher (:func:`kdlens.recommend.ensemble.select_ensemble`,
+        defaults) on the same pass; needs a store.
 
     Every part of the store is read once, whatever the source (:mod:`kdlens.report.gather`).
     """
@@ -179,7 +185,7 @@ def collect_report_data(
     gathered = None
     if st is not None:
         gathered = _one_pass(
-            st, tables, t, recommendation is None, n_bootstrap, pass_notes, progress
+            st, tables, t, recommendation is None, n_bootstrap, pass_notes, progress, ensemble
         )
         if tables is None:
             assert gathered.analysis is not None
@@ -191,6 +197,8 @@ def collect_report_data(
             recommendation = gathered.recommendation
     elif recommendation is None and tables is not None:
         recommendation = _recommend_summary(tables["summary"], pass_notes, progress)
+    if ensemble and st is None:
+        pass_notes.append("no ensemble: selecting one needs the logits store (pass `store`)")
     assert tables is not None
     return _assemble(
         tables,
@@ -230,6 +238,7 @@ def _one_pass(
     n_bootstrap: int,
     notes: list[str],
     progress: Progress,
+    ensemble: bool = False,
 ) -> Any:
     """One read of the store for whatever the report still lacks."""
     from kdlens.report.gather import gather
@@ -237,8 +246,10 @@ def _one_pass(
     splits = set(tables["summary"]["split"].to_list()) if tables else set(st.splits())
     heldout = next((s for s in HELDOUT_SPLITS if s in splits), None)
     transfer = TRANSFER_SPLIT if TRANSFER_SPLIT in splits else heldout
-    what = (["analysing at T=" + f"{t:g}"] if tables is None else []) + (
-        ["ranking checkpoints"] if rank else []
+    what = (
+        (["analysing at T=" + f"{t:g}"] if tables is None else [])
+        + (["ranking checkpoints"] if rank else [])
+        + (["selecting an ensemble"] if ensemble else [])
     )
     what.append("reliability and entropy distributions")
     progress(f"reading {st.source} once: " + ", ".join(what))
@@ -252,6 +263,7 @@ def _one_pass(
         n_bootstrap=max(0, int(n_bootstrap)),
         n_bins=first_value(tables["summary"], "ece_bins", int) if tables else None,
         notes=notes,
+        ensemble=ensemble,
     )
 
 
@@ -312,6 +324,7 @@ def _assemble(
     data.focus = choose_focus(data, checkpoint)
     data.detail_teachers = detail_teachers(data)
     data.has_store = st is not None
+    data.ensemble = getattr(gathered, "ensemble", None)
     cal = frame_or_none(tables.get("calibration"))
     if gathered is not None and gathered.calibration is not None:
         cal = gathered.calibration

@@ -41,6 +41,8 @@ class Gathered:
     hists: dict[tuple[str, str], EntropyHistExtra] = field(default_factory=dict)
     #: Reliability tables of the held-out parts when no analysis ran on this pass.
     calibration: pl.DataFrame | None = None
+    #: The ensemble teacher (``ensemble=True``), from the same pass.
+    ensemble: Any = None
 
 
 def gather(
@@ -54,6 +56,7 @@ def gather(
     n_bootstrap: int,
     n_bins: int | None,
     notes: list[str],
+    ensemble: bool = False,
 ) -> Gathered:
     """One pass feeding analyze (at ``analyze_at``; None: skip), recommend (``rank``) and the
     entropy histograms (at ``details_at``, on ``transfer``) / reliability (``heldout``)."""
@@ -80,6 +83,9 @@ def gather(
                 rreq = None
         except KdlensError as exc:
             notes.append(f"no recommendation: {exc}")
+    ereq = _ensemble_request(st, n_bootstrap, notes) if ensemble else None
+    if ereq is not None:
+        groups.append(ereq.plans())
     groups.append(_detail_plans(st, details_at, heldout, transfer, calibration=areq is None))
     results = run_pass(st, merge_plans(*groups), delta=delta, n_bins=bins, check=check)
     if areq is not None:
@@ -90,12 +96,37 @@ def gather(
             out.recommendation.source = st.source
         except KdlensError as exc:
             notes.append(f"no recommendation: {exc}")
+    if ereq is not None:
+        try:
+            out.ensemble = ereq.result(results)
+            out.ensemble.source = st.source
+        except KdlensError as exc:
+            notes.append(f"no ensemble: {exc}")
     out.hists = {
         r.part.key: r.extras["entropy_hist"] for r in results if "entropy_hist" in r.extras
     }
     if areq is None:
         out.calibration = _calibration(results, heldout, details_at)
     return out
+
+
+def _ensemble_request(st: LogitsStore, n_bootstrap: int, notes: list[str]) -> Any:
+    """The ensemble selection's request at its defaults (None, with a note, if refused)."""
+    from kdlens._internal.defaults import ENSEMBLE_MAX_MEMBERS, ENSEMBLE_RULE
+    from kdlens.recommend.ensemble import EnsembleRequest
+
+    try:
+        return EnsembleRequest(
+            st,
+            max_members=ENSEMBLE_MAX_MEMBERS,
+            rule=ENSEMBLE_RULE,
+            temperature=DEFAULT_TEMPERATURE,
+            n_bootstrap=n_bootstrap,
+            seed=BOOTSTRAP_SEED,
+        )
+    except KdlensError as exc:
+        notes.append(f"no ensemble: {exc}")
+        return None
 
 
 def _detail_plans(

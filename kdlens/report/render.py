@@ -25,6 +25,7 @@ from kdlens.hypotheses.structure import WEAK_EFFECT, structure_verdict
 from kdlens.recommend.result import PICK_RULE
 from kdlens.report.charts import teacher_label
 from kdlens.report.data import ReportData
+from kdlens.report.ensemble_html import ensemble_html
 from kdlens.report.sections import (
     Section,
     report_charts,
@@ -126,6 +127,7 @@ def render_report(data: ReportData, sections: list[Section] | None = None) -> st
 
     body.append(_header_html(data))
     body.append(_recommendation_html(data))
+    body.append(ensemble_html(data.ensemble))
     body.append(slot("sweet_spot"))
     body.append(slot("trajectories"))
     body.append('<div class="row">' + slot("pareto") + _ranking_html(data) + "</div>")
