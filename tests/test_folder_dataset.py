@@ -158,6 +158,17 @@ def per_split(split):
 
 def bad_item(split):
     return [1, 2, 3] if split == "train" else None
+
+def no_train(split):
+    return None
+
+def raises(split):
+    if split == "test":
+        raise KeyError("no test here")
+    return _arrays(10, 0)
+
+def float_labels():
+    return np.zeros((4, 2)), np.array([0.0, 1.0, 0.5, 1.0])
 """
 
 
@@ -174,10 +185,15 @@ def test_module_function_datasets_both_forms(tmp_path: Path) -> None:
     assert np.array_equal(src.y[:6], [0, 1, 2, 0, 1, 2])
     d = prepare_data(f"{f}:per_split", seed=0)
     assert d["val"].ids.tolist() == list(range(40, 49)) and len(d["test"].y) == 8
-    with pytest.raises(InputError, match="item 0 is a int; items must be"):
-        load_source(f"{f}:bad_item")
-    with pytest.raises(InputError, match="has no callable 'nothing'"):
-        load_source(f"{f}:nothing")
+    for name, message in (
+        ("bad_item", "split 'train': item 0 is a int; items must be"),
+        ("nothing", "has no callable 'nothing'"),
+        ("no_train", "split 'train': returned None; the training data is required"),
+        ("raises", r"the function raised KeyError: 'no test here'"),
+        ("float_labels", "labels must be non-negative integer class indices"),
+    ):
+        with pytest.raises(InputError, match=message):
+            load_source(f"{f}:{name}")
 
 
 def test_model_shape_mismatch_is_one_line_before_training(folder: Path, tmp_path: Path) -> None:

@@ -132,19 +132,21 @@ def split_dataset(
     if len(train_idx) == 0:
         raise InputError("the train split is empty: lower `val_size` / `test_size`")
 
-    x = src.x.astype(np.float32)
-    # Normalise with the transfer set's statistics: per channel for images.
-    axes = (0, 2, 3) if x.ndim == 4 else (0,)
-    mean = x[train_idx].mean(axis=axes, keepdims=True)
-    std = x[train_idx].std(axis=axes, keepdims=True)
+    # Normalise with the transfer set's statistics: per channel for images. Each split is
+    # cast to float32 on its own, so no float32 copy of the whole dataset is ever held.
+    axes = (0, 2, 3) if src.x.ndim == 4 else (0,)
+    xt = np.asarray(src.x[train_idx], dtype=np.float32)  # fancy indexing: a fresh copy
+    mean = xt.mean(axis=axes, keepdims=True)
+    std = xt.std(axis=axes, keepdims=True)
     std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
-    def arrays(idx: np.ndarray) -> SplitArrays:
-        return SplitArrays(
-            ((x[idx] - mean) / std).astype(np.float32), y[idx].copy(), idx.astype(np.int64)
-        )
+    def arrays(idx: np.ndarray, xs: np.ndarray | None = None) -> SplitArrays:
+        xs = np.asarray(src.x[idx], dtype=np.float32) if xs is None else xs
+        xs -= mean
+        xs /= std
+        return SplitArrays(xs, y[idx].copy(), idx.astype(np.int64))
 
-    splits = {"train": arrays(train_idx), "val": arrays(val_idx), "test": arrays(test_idx)}
+    splits = {"train": arrays(train_idx, xt), "val": arrays(val_idx), "test": arrays(test_idx)}
     flipped = 0
     if label_noise > 0:
         rng = np.random.default_rng([seed, 7919])
@@ -166,7 +168,7 @@ def split_dataset(
         "n_val": len(val_idx),
         "n_test": len(test_idx),
     }
-    return Splits(splits, list(src.class_names), src.spec, tuple(x.shape[1:]), info)
+    return Splits(splits, list(src.class_names), src.spec, tuple(src.x.shape[1:]), info)
 
 
 def prepare_data(
