@@ -141,6 +141,10 @@ def test_bad_inputs_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     _fails(tmp_path, [str(tmp_path / "holes.parquet"), "--key", "logits"], "without nulls")
     np.save(tmp_path / "z.npy", random_teacher(5, 3)[0])
     _fails(tmp_path, [str(tmp_path / "z.npy"), "--id-column", "i"], "--id-column needs a keyed")
+    pq.write_table(t.select(["text"]), tmp_path / "text.parquet")
+    _fails(tmp_path, [str(tmp_path / "text.parquet")], "(columns: text (string))")
+    pq.write_table(t.slice(0, 0), tmp_path / "empty.parquet")
+    _fails(tmp_path, [str(tmp_path / "empty.parquet")], "the table has no rows")
     # A kdlens store's own Parquet file is not an input table.
     import_files([f], tmp_path / "store", kind="logits")
     (stored,) = (tmp_path / "store").rglob("*.parquet")

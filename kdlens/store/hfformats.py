@@ -79,6 +79,8 @@ def read_table(
     fails with a line naming it; ``only`` reads just those.
     """
     table = _open_table(path, list(names) if only else None)
+    if table.num_rows == 0:
+        raise InputError(f"{path}: the table has no rows")
     wanted = set(names or ())
     missing = sorted(wanted - set(table.column_names))
     if missing:
@@ -95,6 +97,12 @@ def read_table(
             )
         if arr is not None:
             out[name] = arr
+    if not out:
+        cols = ", ".join(f"{f.name} ({f.type})" for f in table.schema)
+        raise InputError(
+            f"{path}: no column holds numbers or equal-length lists of numbers without nulls "
+            f"(columns: {cols})"
+        )
     return out
 
 
