@@ -103,6 +103,20 @@ def test_arrow_and_parquet_tables_round_trip(tmp_path: Path, form: str) -> None:
     assert CliRunner().invoke(app, ["validate", str(tmp_path / "o"), "-q"]).exit_code == 0
 
 
+def test_a_save_to_disk_directory_is_one_table_of_its_shards(tmp_path: Path) -> None:
+    t = _hf_table()
+    shards = tmp_path / "preds"
+    shards.mkdir()
+    _write_arrow(t.slice(0, 12), shards / "data-00000-of-00002.arrow", stream=True)
+    _write_arrow(t.slice(12), shards / "data-00001-of-00002.arrow", stream=True)
+    (shards / "state.json").write_text("{}")  # what datasets writes beside them
+    import_files([shards], tmp_path / "o", kind="logits", id_column="idx")
+    got = _one(tmp_path / "o")
+    assert got.example_ids.tolist() == list(range(1000, 1030))  # type: ignore[attr-defined]
+    assert open_store(tmp_path / "o").keys() == [("imported", "preds")]
+    _fails(tmp_path, [str(tmp_path / "o" / "imported")], "must hold .arrow shards")
+
+
 def test_table_columns_named_by_key_and_labels(tmp_path: Path) -> None:
     t = _hf_table().rename_columns(["text", "gold", "idx", "scores", "input_ids"])
     f = tmp_path / "t.parquet"

@@ -132,8 +132,8 @@ def _render_problems(r: ValidationReport) -> None:
 def import_cmd(
     files: list[Path] = typer.Argument(
         ...,
-        help="Input arrays (N, K): .npy, .npz, .pt, .safetensors, .arrow, .parquet (a table "
-        "with a column of equal-length lists), .csv.",
+        help="Input arrays (N, K): .npy, .npz, .pt, .safetensors, .csv, or a table with a "
+        "column of equal-length lists: .arrow, .parquet, a directory of .arrow shards.",
     ),
     out: Path = typer.Option(..., "-o", "--out", help="The store directory to create."),
     kind: str = typer.Option(

@@ -32,9 +32,17 @@ def read_array_file(
     path: Path, *, key: str | None = None, label_key: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load an (N, K) array and optional labels from one input file, safely."""
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".safetensors", ".arrow", ".parquet"):
+        # Hugging Face formats (a directory: `datasets.save_to_disk`'s .arrow shards).
+        from kdlens.store.hfformats import read_safetensors, read_table
+
+        if suffix == ".safetensors" and not path.is_dir():
+            return _pick(read_safetensors(path), path, key, label_key)
+        asked = [k for k in (key, label_key) if k is not None]
+        return _pick(read_table(path, asked), path, key, label_key)
     if suffix == ".npy":
         arr = _load_npy(path)
         if label_key:
@@ -49,13 +57,6 @@ def read_array_file(
         return _pick(data, path, key, label_key)
     if suffix in (".pt", ".pth"):
         return _pick(_load_pt(path), path, key, label_key)
-    if suffix in (".safetensors", ".arrow", ".parquet"):
-        from kdlens.store.hfformats import read_safetensors, read_table
-
-        if suffix == ".safetensors":
-            return _pick(read_safetensors(path), path, key, label_key)
-        asked = [k for k in (key, label_key) if k is not None]
-        return _pick(read_table(path, asked), path, key, label_key)
     if suffix in (".csv", ".tsv", ".txt"):
         return _read_csv(path, label_key)
     raise InputError(

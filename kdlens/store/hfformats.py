@@ -8,9 +8,10 @@ construction: safetensors holds raw tensors only, and Arrow and Parquet are data
 
 - ``.safetensors``: every tensor, as numpy; bfloat16 / float8 tensors (numpy has no
   such type) are read through torch, as float32.
-- ``.arrow``: an Arrow IPC file or stream (``datasets.Dataset.save_to_disk`` writes
-  streams named ``data-*.arrow``), memory-mapped. ``.parquet``: any Parquet file that is
-  not a kdlens store. A column of equal-length numeric lists becomes an (N, K) array
+- ``.arrow``: an Arrow IPC file or stream, memory-mapped; a directory of them (what
+  ``datasets.Dataset.save_to_disk`` writes: ``data-*.arrow`` stream shards) is read as
+  one table, shard by shard in name order. ``.parquet``: any Parquet file that is not a
+  kdlens store. A column of equal-length numeric lists becomes an (N, K) array
   (HF ``Sequence(float)`` or a fixed-size list), a numeric column an (N,) array; other
   columns (text, ragged token ids) are left out unless named.
 """
@@ -112,6 +113,14 @@ def _open_table(path: Path, columns: list[str] | None) -> Any:
 
     from kdlens.store.format import METADATA_KEY
 
+    if path.is_dir():  # a `datasets.save_to_disk` directory: its shards, in order
+        shards = sorted(path.glob("*.arrow"))
+        if not shards:
+            raise InputError(f"{path}: a directory input must hold .arrow shards (data-*.arrow)")
+        try:
+            return pa.concat_tables([_open_table(f, columns) for f in shards])
+        except pa.ArrowInvalid as exc:
+            raise InputError(f"{path}: its shards do not share one schema ({_why(exc)})") from None
     try:
         if path.suffix.lower() == ".parquet":
             pf = pq.ParquetFile(path)
@@ -170,7 +179,7 @@ def _column(col: Any) -> np.ndarray | None:
 def read_column(path: Path, name: str) -> np.ndarray:
     """One named array of a keyed input (``.npz``, ``.pt``, ``.safetensors``, a table)."""
     suffix = path.suffix.lower()
-    if suffix in TABLE_SUFFIXES:
+    if suffix in TABLE_SUFFIXES or path.is_dir():
         return read_table(path, [name], only=True)[name]
     if suffix == ".safetensors":
         data = read_safetensors(path, [name])
