@@ -69,12 +69,14 @@ def dump_cmd(
     dataset: str = typer.Option(
         "digits",
         "--dataset",
-        help="digits | idx:IMAGES,LABELS | idx:DIR | cifar:DIR | npz:FILE (no downloads).",
+        help="digits | idx:IMAGES,LABELS | idx:DIR | cifar:DIR | npz:FILE | folder:DIR[,HxW] "
+        "(class sub-folders of images) | module:function (your arrays or Dataset); no downloads.",
     ),
     model: str = typer.Option(
         "mlp",
         "--model",
-        help="mlp, cnn, resnet20/32/56/110, wrn-16-4, or module:function returning an nn.Module.",
+        help="mlp, cnn, resnet20/32/56/110, wrn-16-4, timm:NAME (needs timm), or "
+        "module:function returning an nn.Module.",
     ),
     hidden: str = typer.Option("256,128", "--hidden", help="Hidden layer sizes of the mlp."),
     shortcut: str = typer.Option(

@@ -132,7 +132,11 @@ def _render_problems(r: ValidationReport) -> None:
 @app.command("import")
 @handle_errors
 def import_cmd(
-    files: list[Path] = typer.Argument(..., help="Input arrays (N, K): .npy, .npz, .pt, .csv."),
+    files: list[Path] = typer.Argument(
+        ...,
+        help="Input arrays (N, K): .npy, .npz, .pt, .safetensors, .csv, or a table with a "
+        "column of equal-length lists: .arrow, .parquet, a directory of .arrow shards.",
+    ),
     out: str = typer.Option(
         ..., "-o", "--out", help="The store directory to create (a path or an s3://... URL)."
     ),
@@ -152,7 +156,17 @@ def import_cmd(
         "--classes",
         help="Class names: a .json list, a .txt file (one per line) or a .csv with a name column.",
     ),
-    key: str | None = typer.Option(None, "--key", help="Array key inside .npz/.pt inputs."),
+    key: str | None = typer.Option(
+        None,
+        "--key",
+        help="Array key or table column holding the outputs (.npz/.pt/.safetensors/.arrow/"
+        ".parquet); default: logits, probs, ... or the only 2-D array.",
+    ),
+    id_column: str | None = typer.Option(
+        None,
+        "--id-column",
+        help="Key or column of each row's example id (distinct integers); default: row index.",
+    ),
     prob_floor: float = typer.Option(
         1e-12, "--prob-floor", help="Zero probabilities are stored as log(prob_floor)."
     ),
@@ -197,6 +211,7 @@ def import_cmd(
             overwrite=overwrite,  # type: ignore[arg-type]
             epoch=epoch,
             batch_size=batch_size,
+            id_column=id_column,
             progress=progress,
         )
     if as_json:

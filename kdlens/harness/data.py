@@ -94,7 +94,9 @@ def split_dataset(
 
     When the dataset has its own test set, that is ``test`` (``test_size`` then
     subsamples it) and ``val`` comes out of the training rows; otherwise
-    ``test_size`` defaults to 0.2. ``train_size=None`` gives ``train`` every remaining row.
+    ``test_size`` defaults to 0.2. A dataset with its own val set (an image folder's
+    ``val/``) uses it whole as ``val``; ``val_size`` then does not apply.
+    ``train_size=None`` gives ``train`` every remaining row.
     ``label_noise`` flips that seeded fraction of ``train`` labels to another class;
     the flipped labels are the ones stored (the teacher trained on them).
     """
@@ -105,17 +107,21 @@ def split_dataset(
     # Fractions are of the rows available for training (the whole dataset when it
     # has no own test set), so "--val-size 0.2" means the same thing everywhere.
     base = src.n_train_rows if src.n_train_rows is not None else n
-    if src.n_train_rows is not None:
-        pool = np.arange(src.n_train_rows)
-        test_idx = np.arange(src.n_train_rows, n)
+    n_own_val = src.n_val_rows or 0
+    pool = np.arange(base)
+    test_idx = np.arange(base + n_own_val, n)
+    if len(test_idx):  # the dataset's own test set; `test_size` subsamples it
         t = _size(test_size, len(test_idx), "test")
         if t is not None and t < len(test_idx):
             test_idx, _ = _stratified_take(test_idx, y, t, seed, "test split")
     else:
-        t = _size(0.2 if test_size is None else test_size, n, "test") or 0
-        test_idx, pool = _stratified_take(np.arange(n), y, t, seed, "test split")
-    v = _size(val_size, base, "val") or 0
-    val_idx, pool = _stratified_take(pool, y, v, seed + 1, "val split")
+        t = _size(0.2 if test_size is None else test_size, base, "test") or 0
+        test_idx, pool = _stratified_take(pool, y, t, seed, "test split")
+    if src.n_val_rows is not None:  # the dataset's own val set, used whole
+        val_idx = np.arange(base, base + n_own_val)
+    else:
+        v = _size(val_size, base, "val") or 0
+        val_idx, pool = _stratified_take(pool, y, v, seed + 1, "val split")
     tr = _size(train_size, base, "train")
     if tr is not None and tr > len(pool):
         raise InputError(f"train split asks for {tr} examples but only {len(pool)} are left")
@@ -126,19 +132,21 @@ def split_dataset(
     if len(train_idx) == 0:
         raise InputError("the train split is empty: lower `val_size` / `test_size`")
 
-    x = src.x.astype(np.float32)
-    # Normalise with the transfer set's statistics: per channel for images.
-    axes = (0, 2, 3) if x.ndim == 4 else (0,)
-    mean = x[train_idx].mean(axis=axes, keepdims=True)
-    std = x[train_idx].std(axis=axes, keepdims=True)
+    # Normalise with the transfer set's statistics: per channel for images. Each split is
+    # cast to float32 on its own, so no float32 copy of the whole dataset is ever held.
+    axes = (0, 2, 3) if src.x.ndim == 4 else (0,)
+    xt = np.asarray(src.x[train_idx], dtype=np.float32)  # fancy indexing: a fresh copy
+    mean = xt.mean(axis=axes, keepdims=True)
+    std = xt.std(axis=axes, keepdims=True)
     std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
 
-    def arrays(idx: np.ndarray) -> SplitArrays:
-        return SplitArrays(
-            ((x[idx] - mean) / std).astype(np.float32), y[idx].copy(), idx.astype(np.int64)
-        )
+    def arrays(idx: np.ndarray, xs: np.ndarray | None = None) -> SplitArrays:
+        xs = np.asarray(src.x[idx], dtype=np.float32) if xs is None else xs
+        xs -= mean
+        xs /= std
+        return SplitArrays(xs, y[idx].copy(), idx.astype(np.int64))
 
-    splits = {"train": arrays(train_idx), "val": arrays(val_idx), "test": arrays(test_idx)}
+    splits = {"train": arrays(train_idx, xt), "val": arrays(val_idx), "test": arrays(test_idx)}
     flipped = 0
     if label_noise > 0:
         rng = np.random.default_rng([seed, 7919])
@@ -160,7 +168,7 @@ def split_dataset(
         "n_val": len(val_idx),
         "n_test": len(test_idx),
     }
-    return Splits(splits, list(src.class_names), src.spec, tuple(x.shape[1:]), info)
+    return Splits(splits, list(src.class_names), src.spec, tuple(src.x.shape[1:]), info)
 
 
 def prepare_data(

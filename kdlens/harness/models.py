@@ -2,9 +2,12 @@
 
 Built-in names: ``mlp``, ``cnn``, the CIFAR ResNets ``resnet20/32/56/110`` (He et al.
 2016, shortcut option A = parameter-free zero-padded identity, B = 1x1 projection)
-and ``wrn-16-4`` (Zagoruyko & Komodakis 2016). ``module:function`` (or
-``path/to/file.py:function``) calls a user factory with ``num_classes`` and, when
-its signature accepts it, ``input_shape``; it must return an ``nn.Module``.
+and ``wrn-16-4`` (Zagoruyko & Komodakis 2016). ``timm:NAME`` builds timm's architecture
+NAME with ``pretrained=False``, ``num_classes`` from the data and ``in_chans`` from the
+input shape (timm is optional: ``pip install 'kdlens[timm]'``, imported only then).
+``module:function`` (or ``path/to/file.py:function``) calls a user factory with
+``num_classes`` and, when its signature accepts it, ``input_shape``; it must return an
+``nn.Module``. Both are checked with one forward pass on a tiny batch when built.
 """
 
 from __future__ import annotations
@@ -223,24 +226,59 @@ def build_model(
     if name == "wrn-16-4":
         return WideResNet(16, 4, num_classes, in_ch)
     if ":" in name:
-        return _from_factory(name, num_classes, shape)
+        # A model kdlens did not write is checked against the data now, in one line,
+        # wherever it is built (dump, --from-checkpoints, a distill student).
+        net = _from_timm(name, num_classes, shape) if name.startswith("timm:") else None
+        net = net if net is not None else _from_factory(name, num_classes, shape)
+        probe_model(net, name, shape, num_classes)
+        return net
     raise InputError(
-        f"unknown model {name!r}: choose one of {', '.join(MODELS)} or module:function"
+        f"unknown model {name!r}: choose one of {', '.join(MODELS)}, timm:NAME or module:function"
     )
 
 
-def _import_factory(spec: str) -> Any:
+def _from_timm(spec: str, num_classes: int, shape: tuple[int, ...]) -> nn.Module:
+    """``timm:NAME``: timm's architecture NAME, randomly initialised (never downloaded)."""
+    arch = spec[len("timm:") :]
+    if not arch:
+        raise InputError(f"`model` {spec!r}: expected timm:NAME, e.g. timm:resnet18")
+    try:
+        import timm
+    except Exception as exc:  # absent, or present but broken (e.g. a torchvision mismatch)
+        why = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InputError(
+            f"`model` {spec!r} needs timm: pip install 'kdlens[timm]' "
+            f"(import timm failed: {type(exc).__name__}: {why})"
+        ) from None
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": num_classes}
+    if len(shape) == 3:
+        kwargs["in_chans"] = shape[0]
+    try:
+        model = timm.create_model(arch, **kwargs)
+    except Exception as exc:  # timm raises RuntimeError for an unknown name, others for args
+        why = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise InputError(
+            f"`model` {spec!r}: timm cannot build {arch!r} ({type(exc).__name__}: {why})"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"`model` {spec!r}: timm returned {type(model).__name__}")
+    return model
+
+
+def import_factory(spec: str, *, param: str = "model") -> Any:
+    """The callable named by ``module:function`` or ``path/to/file.py:function``; errors
+    name ``param`` (the option the spec came from)."""
     mod_name, _, fn_name = spec.rpartition(":")
     if not mod_name or not fn_name:
-        raise InputError(f"`model` {spec!r}: expected module:function")
+        raise InputError(f"`{param}` {spec!r}: expected module:function")
     try:
         if mod_name.endswith(".py"):
             path = Path(mod_name)
             if not path.is_file():
-                raise InputError(f"`model` {spec!r}: no such file {path}")
+                raise InputError(f"`{param}` {spec!r}: no such file {path}")
             mspec = importlib.util.spec_from_file_location(path.stem, path)
             if mspec is None or mspec.loader is None:
-                raise InputError(f"`model` {spec!r}: cannot load {path}")
+                raise InputError(f"`{param}` {spec!r}: cannot load {path}")
             module = importlib.util.module_from_spec(mspec)
             mspec.loader.exec_module(module)
         else:
@@ -254,16 +292,16 @@ def _import_factory(spec: str) -> Any:
         raise
     except Exception as exc:
         raise InputError(
-            f"`model` {spec!r}: cannot import {mod_name} ({type(exc).__name__}: {exc})"
+            f"`{param}` {spec!r}: cannot import {mod_name} ({type(exc).__name__}: {exc})"
         ) from None
     fn = getattr(module, fn_name, None)
     if fn is None or not callable(fn):
-        raise InputError(f"`model` {spec!r}: {mod_name} has no callable {fn_name!r}")
+        raise InputError(f"`{param}` {spec!r}: {mod_name} has no callable {fn_name!r}")
     return fn
 
 
 def _from_factory(spec: str, num_classes: int, shape: tuple[int, ...]) -> nn.Module:
-    fn = _import_factory(spec)
+    fn = import_factory(spec)
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     try:
         params = inspect.signature(fn).parameters

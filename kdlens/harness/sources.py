@@ -8,7 +8,11 @@ A dataset *spec* is a string, recorded in every store's metadata so that
   (a directory holds ``train-*`` and optionally ``t10k-*`` files);
 - ``cifar:DIR`` (also ``cifar10:`` / ``cifar100:``): the CIFAR python batches;
 - ``npz:FILE`` (or a path ending in ``.npz``): arrays ``X`` (N, ...) and ``y`` (N,),
-  optional ``class_names``.
+  optional ``class_names``;
+- ``folder:DIR`` or ``folder:DIR,HxW``: class sub-folders of images
+  (:mod:`kdlens.harness.folder`);
+- ``module:function`` or ``path/to/file.py:function``: the user's own arrays or
+  ``torch.utils.data.Dataset`` (:mod:`kdlens.harness.userdata`).
 
 ``example_id`` is the row index in the source dataset (its own test set, when it
 has one, follows the training rows), so the same example has the same id in every
@@ -42,6 +46,9 @@ class SourceData:
     spec: str
     #: Number of leading rows that form the dataset's training part; None = no own test set.
     n_train_rows: int | None = None
+    #: Rows ``[n_train_rows : n_train_rows + n_val_rows]`` are the dataset's own
+    #: validation set (used whole); None = val is split off the training rows.
+    n_val_rows: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -260,12 +267,21 @@ def load_source(spec: str) -> SourceData:
         return _load_npz(Path(arg), spec)
     if spec.endswith(".npz"):
         return _load_npz(Path(spec), spec)
+    if kind == "folder" and arg:
+        from kdlens.harness.folder import load_folder
+
+        return load_folder(arg, spec)
     p = Path(spec)
     if p.is_dir():
         if list(p.glob("data_batch_*")) or (p / "train").is_file():
             return _load_cifar(p, spec)
         if list(p.glob("*idx*")):
             return _load_idx(spec, spec)
+    from kdlens.harness.userdata import is_factory_spec, load_user_dataset
+
+    if is_factory_spec(spec):
+        return load_user_dataset(spec)
     raise InputError(
-        f"unknown dataset {spec!r}: use digits, idx:IMAGES,LABELS, idx:DIR, cifar:DIR or npz:FILE"
+        f"unknown dataset {spec!r}: use digits, idx:IMAGES,LABELS, idx:DIR, cifar:DIR, "
+        "npz:FILE, folder:DIR or module:function"
     )

@@ -1,5 +1,6 @@
 """Reading the arrays ``kdlens import`` takes: ``.npy``, ``.npz``, ``.pt`` (tensors only,
-``weights_only=True``) and ``.csv``, each one (N, K) array with optional labels.
+``weights_only=True``), ``.safetensors``, Arrow / Parquet tables
+(:mod:`kdlens.store.hfformats`) and ``.csv``, each one (N, K) array with optional labels.
 
 Nothing here unpickles: ``.npy``/``.npz`` are read with ``allow_pickle=False``, ``.pt``
 with torch's weights-only loader.
@@ -31,9 +32,17 @@ def read_array_file(
     path: Path, *, key: str | None = None, label_key: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load an (N, K) array and optional labels from one input file, safely."""
-    if not path.is_file():
+    if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".safetensors", ".arrow", ".parquet"):
+        # Hugging Face formats (a directory: `datasets.save_to_disk`'s .arrow shards).
+        from kdlens.store.hfformats import read_safetensors, read_table
+
+        if suffix == ".safetensors" and not path.is_dir():
+            return _pick(read_safetensors(path), path, key, label_key)
+        asked = [k for k in (key, label_key) if k is not None]
+        return _pick(read_table(path, asked), path, key, label_key)
     if suffix == ".npy":
         arr = _load_npy(path)
         if label_key:
@@ -50,7 +59,10 @@ def read_array_file(
         return _pick(_load_pt(path), path, key, label_key)
     if suffix in (".csv", ".tsv", ".txt"):
         return _read_csv(path, label_key)
-    raise InputError(f"{path}: unsupported file type {suffix!r} (use .npy, .npz, .pt or .csv)")
+    raise InputError(
+        f"{path}: unsupported file type {suffix!r} "
+        "(use .npy, .npz, .pt, .safetensors, .arrow, .parquet or .csv)"
+    )
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Import logits or probabilities from .npy, .npz, .pt and CSV files into a store.
+"""Import logits or probabilities from .npy, .npz, .pt, .safetensors, Arrow/Parquet tables
+and CSV files into a store.
 
 The kind of array is never guessed: ``kind`` says whether the numbers are logits,
 probabilities or log-probabilities. Probabilities are stored as log-probabilities
@@ -28,6 +29,7 @@ from kdlens.errors import InputError
 from kdlens.store.adding import read_existing
 from kdlens.store.arrays import _load_npy, read_array_file
 from kdlens.store.fs import StorePath, store_path
+from kdlens.store.hfformats import read_example_ids
 from kdlens.store.scan import scan_file
 from kdlens.store.writer import CheckpointWriter
 
@@ -66,6 +68,7 @@ def import_files(
     overwrite: bool = False,
     epoch: int | None = None,
     batch_size: int | None = None,
+    id_column: str | None = None,
     progress: Any = None,
 ) -> list[ImportedCheckpoint]:
     """Import each file as one checkpoint of one run into the store directory ``out``.
@@ -73,18 +76,24 @@ def import_files(
     Parameters
     ----------
     files : input arrays, shape (N, K) each: ``.npy``, ``.npz``, ``.pt`` (tensors
-        only, loaded with ``weights_only=True``) or ``.csv`` (numeric columns).
+        only, loaded with ``weights_only=True``), ``.safetensors``, an Arrow (``.arrow``,
+        IPC file or stream, as ``datasets`` saves) or Parquet table (not a kdlens store)
+        with a column of equal-length lists, or ``.csv`` (numeric columns).
     out : the store directory or URL; each input is written to
         ``out/<run>/<checkpoint>.parquet``.
     kind : what the numbers are: ``logits``, ``probs`` or ``log-probs``.
-    labels : a key (npz/pt) or column (csv) inside each input, or a path to a
+    labels : a key (npz/pt/safetensors) or column (table, csv) inside each input, or a path to a
         ``.npy``/``.txt``/``.csv`` file of N integer labels shared by every input.
         Default: a key or column named ``labels``, ``label``, ``y``, ``targets`` or
         ``ground_truth`` when present. A CSV whose first line is all numbers has no
         header.
     checkpoints : one name per input (default: the file stems).
     classes : class names: a list, or a ``.json`` list / ``.txt`` one name per line.
-    key : the array's key inside ``.npz``/``.pt`` inputs (default: looked up by name).
+    key : the array's key or column inside ``.npz``/``.pt``/``.safetensors``/table inputs
+        (default: ``logits``, ``log_probs``, ``probs``, ... when present, else the only
+        2-D array).
+    id_column : a key or column of a keyed input holding each row's ``example_id``
+        (distinct integers); default: the row index.
     prob_floor : probabilities below it become ``log(prob_floor)``, never ``-inf``.
     prob_tol : rows of ``probs`` must sum to 1 within it (``log-probs``: logsumexp 0).
     epoch, batch_size : recorded on every imported checkpoint (the teacher's training
@@ -135,6 +144,11 @@ def import_files(
                 raise InputError(f"{path}: {len(class_names)} class names but K={z.shape[1]}")
             if lab is not None:
                 lab = _check_labels(lab, z.shape, path)
+            ids = (
+                read_example_ids(path, id_column, z.shape[0])
+                if id_column
+                else np.arange(z.shape[0])
+            )
             config: dict[str, Any] = {"imported_from": str(path), "kind": kind}
             if kind == "probs":
                 config["prob_floor"] = prob_floor
@@ -160,7 +174,7 @@ def import_files(
             ) as w:
                 if old is not None:
                     old.write_into(w)
-                w.write(z, split=split, labels=lab, example_ids=np.arange(z.shape[0]))
+                w.write(z, split=split, labels=lab, example_ids=ids)
             written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0], z.shape[1]))
             prog.advance(task)
     return written
