@@ -11,6 +11,7 @@ first Ctrl-C. Light: imported before anything else by ``python -m kdlens``.
 from __future__ import annotations
 
 import _thread
+import atexit
 import os
 import signal
 import sys
@@ -23,13 +24,32 @@ __all__: list[str] = []
 GRACE_SECONDS = 2.0
 EXIT_INTERRUPTED = 130  # kdlens.errors.EXIT_INTERRUPTED, restated to keep this module light
 
-_state = {"interrupted": False}
+_state = {"interrupted": False, "exiting": False, "atexit": False}
 _previous_hook: Any = None
 
 
 def interrupted() -> bool:
     """Whether a Ctrl-C arrived since :func:`install`."""
     return _state["interrupted"]
+
+
+def exit_interrupted() -> None:
+    """Say "interrupted" and exit 130, ignoring any further Ctrl-C from here on.
+
+    A second interrupt (a repeated Ctrl-C, or one re-delivered by :func:`_unraisable`
+    while the interpreter shuts down) would otherwise replace the exit with an uncaught
+    KeyboardInterrupt: the process then dies by SIGINT (-2), not 130. With SIGINT
+    ignored, Python also drops a delivery that is already pending.
+    """
+    _state["exiting"] = True
+    # Only our own handler is replaced (a host process's, e.g. a test runner's, stays).
+    if signal.getsignal(signal.SIGINT) is _on_sigint:
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: nothing to change there
+            pass
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def install() -> None:
@@ -40,6 +60,10 @@ def install() -> None:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         return  # started with Ctrl-C ignored (nohup, `cmd &` in a script): keep it so
     signal.signal(signal.SIGINT, _on_sigint)
+    if not _state.get("atexit"):
+        # Registered first, so it runs after every other atexit handler (LIFO).
+        atexit.register(_end_interrupted)
+        _state["atexit"] = True
     if _previous_hook is None:
         _previous_hook = sys.unraisablehook
         sys.unraisablehook = _unraisable
@@ -50,6 +74,20 @@ def _on_sigint(signum: int, frame: Any) -> None:
         _state["interrupted"] = True
         threading.Thread(target=_watchdog, name="kdlens-interrupt", daemon=True).start()
     raise KeyboardInterrupt
+
+
+def _end_interrupted() -> None:
+    # CPython remembers any KeyboardInterrupt that once went unhandled through a C-level
+    # eval (a library's own run of code, caught later by Python code) and, after a clean
+    # sys.exit(130), kills the process by SIGINT (-2) at the very end of finalization.
+    # Once the exit is decided, the rest of finalization is skipped: the code is 130.
+    if _state["exiting"]:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed or broken stream: nothing more to say
+                pass
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _watchdog() -> None:
@@ -65,6 +103,7 @@ def _watchdog() -> None:
 
 def _unraisable(u: Any) -> None:
     if isinstance(u.exc_value, KeyboardInterrupt):
-        _thread.interrupt_main()  # raise it again where it can propagate
+        if not _state["exiting"]:
+            _thread.interrupt_main()  # raise it again where it can propagate
         return
     _previous_hook(u)

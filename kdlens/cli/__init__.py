@@ -20,19 +20,15 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    import sys
-
     from kdlens._internal import interrupt
 
     interrupt.install()
     try:
         app()
     except KeyboardInterrupt:  # before or after a command body: typer building the command
-        print("interrupted", file=sys.stderr)
-        sys.exit(interrupt.EXIT_INTERRUPTED)
+        interrupt.exit_interrupted()
     except SystemExit as exc:
         # click turns a Ctrl-C outside a command body into "Aborted!" and exit 1.
         if interrupt.interrupted() and exc.code not in (0, None, interrupt.EXIT_INTERRUPTED):
-            print("interrupted", file=sys.stderr)
-            sys.exit(interrupt.EXIT_INTERRUPTED)
+            interrupt.exit_interrupted()
         raise

@@ -7,7 +7,6 @@ import functools
 import inspect
 import os
 import re
-import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from kdlens.cli._render import console, err_console, labelled, say
-from kdlens.errors import EXIT_INTERRUPTED, EXIT_OS_ERROR, KdlensError
+from kdlens.cli._render import console, err_console, labelled
+from kdlens.errors import EXIT_OS_ERROR, KdlensError
 
 app = typer.Typer(
     name="kdlens",
@@ -135,14 +134,13 @@ def _end(exc: BaseException, words: dict[str, str]) -> None:
     """Say ``exc`` in one line and exit with its code; re-raise what is not ours."""
     from click.exceptions import ClickException, Exit
 
-    from kdlens._internal.interrupt import interrupted
+    from kdlens._internal.interrupt import exit_interrupted, interrupted
 
     if isinstance(exc, (Exit, ClickException)):  # the command's own exit
         raise exc
     if isinstance(exc, KeyboardInterrupt) or interrupted():
         # After a Ctrl-C, what it broke (an import, a writer thread) is not the story.
-        say("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted()
     if isinstance(exc, KdlensError):
         fail(cli_words(str(exc), words), exc.exit_code)
     if isinstance(exc, OSError):
