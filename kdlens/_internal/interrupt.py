@@ -24,7 +24,7 @@ __all__: list[str] = []
 GRACE_SECONDS = 2.0
 EXIT_INTERRUPTED = 130  # kdlens.errors.EXIT_INTERRUPTED, restated to keep this module light
 
-_state = {"interrupted": False, "exiting": False, "atexit": False}
+_state = {"interrupted": False, "exiting": False}
 _previous_hook: Any = None
 
 
@@ -60,11 +60,9 @@ def install() -> None:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         return  # started with Ctrl-C ignored (nohup, `cmd &` in a script): keep it so
     signal.signal(signal.SIGINT, _on_sigint)
-    if not _state.get("atexit"):
-        # Registered first, so it runs after every other atexit handler (LIFO).
+    if _previous_hook is None:  # the first install: hooks are set once
+        # Registered early, so it runs after every other atexit handler (LIFO).
         atexit.register(_end_interrupted)
-        _state["atexit"] = True
-    if _previous_hook is None:
         _previous_hook = sys.unraisablehook
         sys.unraisablehook = _unraisable
 
