@@ -22,6 +22,8 @@ __all__: list[str] = []
 
 #: Seconds after the first Ctrl-C at which the watchdog ends the process.
 GRACE_SECONDS = 2.0
+#: Seconds a swallowed interrupt waits before it is delivered again (the hook has returned).
+REDELIVER_DELAY = 0.05
 EXIT_INTERRUPTED = 130  # kdlens.errors.EXIT_INTERRUPTED, restated to keep this module light
 
 _state = {"interrupted": False, "exiting": False}
@@ -102,6 +104,16 @@ def _watchdog() -> None:
 def _unraisable(u: Any) -> None:
     if isinstance(u.exc_value, KeyboardInterrupt):
         if not _state["exiting"]:
-            _thread.interrupt_main()  # raise it again where it can propagate
+            # Not interrupt_main() here: the main thread runs the handler at its next
+            # bytecode, still inside this hook, where the new KeyboardInterrupt would be
+            # "ignored" once more (with a traceback). Another thread asks once the hook
+            # has returned.
+            threading.Thread(target=_redeliver, name="kdlens-interrupt", daemon=True).start()
         return
     _previous_hook(u)
+
+
+def _redeliver() -> None:
+    threading.Event().wait(REDELIVER_DELAY)
+    if not _state["exiting"]:
+        _thread.interrupt_main()  # raise it again where it can propagate
