@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from test_harness_data import write_idx  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -23,7 +25,7 @@ from kdlens.cli import app  # noqa: E402
 from kdlens.errors import InputError  # noqa: E402
 from kdlens.harness.benchdata import CIFAR10_CLASSES  # noqa: E402
 from kdlens.harness.data import prepare_data, split_dataset  # noqa: E402
-from kdlens.harness.sources import load_source  # noqa: E402
+from kdlens.harness.sources import SourceData, load_source  # noqa: E402
 from kdlens.store.reader import open_store  # noqa: E402
 from kdlens.store.validate import validate  # noqa: E402
 
@@ -104,10 +106,16 @@ def test_cli_dump_and_validate_on_small_real_subsets(tmp_path: Path, external_di
         assert res.exit_code == 0, res.output
         report = validate(out)
         assert report.ok, report.problems
-        st = open_store(out)
-        assert st.num_classes == k
-        test = st.load("bs64-seed0", "ep001", "test")
+        store = open_store(out)
+        assert store.num_classes == k
+        test = store.load("bs64-seed0", "ep001", "test")
         assert len(test.labels) == 2 * k and set(np.bincount(test.labels).tolist()) == {2}
+        # distill re-creates the inputs from the spec the store recorded
+        args = ["distill", str(out), "--checkpoint", "ep001", "--seeds", "0"]
+        args += ["--student-hidden", "8", "--student-epochs", "3", "--json"]
+        res = runner.invoke(app, [*args, "-o", str(tmp_path / f"{name}-students")])
+        assert res.exit_code == 0, res.output
+        assert '"student_test_acc"' in res.stdout
 
 
 # --------------------------------------------------------------------------- synthetic, malformed
@@ -175,6 +183,15 @@ def _jpeg_npz(path: Path, images: list[bytes], y: list[int], **override) -> Path
     return path
 
 
+@pytest.fixture(scope="module")
+def jpeg_source(tmp_path_factory: pytest.TempPathFactory) -> SourceData:
+    """Five one-colour JPEGs (module scope: hypothesis refuses function-scoped fixtures)."""
+    d = tmp_path_factory.mktemp("jpeg")
+    colors = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (90, 90, 90), (250, 250, 0)]
+    _jpeg_npz(d / "cifar10_train_jpeg.npz", [_jpeg(c) for c in colors], [0, 1, 2, 3, 4])
+    return load_source(f"cifar10-jpeg:{d}")
+
+
 def test_cifar10_jpeg_synthetic_decodes_rows_in_order(tmp_path: Path) -> None:
     colors = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 250)]
     _jpeg_npz(tmp_path / "cifar10_train_jpeg.npz", [_jpeg(c) for c in colors[:3]], [0, 1, 2])
@@ -202,6 +219,19 @@ def test_cifar10_jpeg_malformed_npz(tmp_path: Path, override, match) -> None:
     _jpeg_npz(tmp_path / "cifar10_train_jpeg.npz", [_jpeg((1, 2, 3))] * 2, [0, 1], **override)
     with pytest.raises(InputError, match=match):
         load_source(f"cifar10-jpeg:{tmp_path}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(0, 4), max_size=8))
+def test_jpeg_rows_decode_as_the_whole_array_indexed(
+    jpeg_source: SourceData, index: list[int]
+) -> None:
+    whole = np.asarray(jpeg_source.x)
+    assert whole.shape == (5, 3, 32, 32)
+    idx = np.array(index, dtype=np.int64)
+    np.testing.assert_array_equal(jpeg_source.x[idx], whole[idx])
+    np.testing.assert_array_equal(jpeg_source.x[1:4], whole[1:4])
+    np.testing.assert_array_equal(jpeg_source.x[-1], whole[4])
 
 
 def test_cifar10_jpeg_bad_image_and_missing_file(tmp_path: Path) -> None:
@@ -258,3 +288,16 @@ def test_validate_recommend_smoke_runs(
     scores = pl.read_parquet(out / "scores.parquet")
     assert {"kdlens", "baseline_nll"} <= set(scores["score"].to_list())
     assert scores["role"][0] == "held-out" and scores["n_seeds"][0] == 2
+
+
+def test_seed_bootstrap_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    from validate_mixture import seed_bootstrap
+
+    assert seed_bootstrap(np.full(4, 1.5)) == (1.5, 1.5, 1.5)
+    mean, low, high = seed_bootstrap(np.array([0.0, 0.0, 0.0, 4.0]))
+    # 10,000 resamples of 4 seeds: all-zero draws (p = 0.32) put the 2.5 % quantile at 0
+    assert mean == 1.0 and low == 0.0 and 3.0 <= high <= 4.0
+    assert seed_bootstrap(np.array([1.0, 2.0]), seed=3) == seed_bootstrap(
+        np.array([1.0, 2.0]), seed=3
+    )
