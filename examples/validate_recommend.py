@@ -14,12 +14,26 @@ For one benchmark (dataset + teacher grid) this script
    each score's top pick (percentage points), the distillation gain over plain
    students, the seed-to-seed noise and the spread across checkpoints.
 
+5. selects the ensemble teacher ``recommend --ensemble`` would recommend
+   (:func:`kdlens.select_ensemble`), writes it as a store (:func:`kdlens.write_ensemble`),
+   distills the same student seeds from it and reports its students' accuracy minus the
+   best single checkpoint's (and minus kdlens's single pick, and minus plain students),
+   with a paired seed-bootstrap interval (``examples/validate_mixture.py``).
+
 Outputs under ``--out``: ``teachers/`` (the store), ``students/results.parquet``,
 ``checkpoints.parquet`` (one row per checkpoint: signals, scores, student accuracy),
-``scores.parquet`` and ``validation.md`` (one row per score).
+``scores.parquet`` (one row per score), ``mixture/`` and ``students-mixture/`` (the
+ensemble teacher and its students), ``mixture.parquet`` (the comparisons), ``run.json``
+and ``validation.md``.
 
     python examples/validate_recommend.py digits --out runs/validate-digits
     python examples/validate_recommend.py mnist  --out runs/validate-mnist
+    python examples/validate_recommend.py mnist10k --variant noisy --out runs/v-mnist10k-noisy
+    python examples/validate_recommend.py cifar10 --variant gap --smoke --out /tmp/v-smoke
+
+The real-size benchmarks (``mnist10k``, ``mnist60k``, ``emnist``, ``cifar10``; variants
+``clean``, ``noisy``, ``gap``) and the declared fit set are in
+``examples/validate_benchmarks.py``; ``--smoke`` runs one at toy size in seconds.
 
 Reruns reuse finished teachers and students (delete ``--out`` to start over).
 """
@@ -33,11 +47,15 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
+import validate_benchmarks as bench
+import validate_mixture as mixture
 
+from kdlens._internal.defaults import ENSEMBLE_MAX_MEMBERS
 from kdlens.harness.distill import StudentConfig, distill
 from kdlens.harness.dump import dump
 from kdlens.harness.train import DumpConfig
@@ -62,8 +80,28 @@ ACC_WEIGHTS = (0.01, 0.02, 0.05)
 BASELINES = ("baseline_accuracy", "baseline_nll", "baseline_last", "baseline_entropy")
 
 
-def benchmark(name: str, *, label_noise: float) -> tuple[DumpConfig, StudentConfig]:
-    """The teacher grid and the student of each benchmark (small enough for a 2-core CPU)."""
+OLD_BENCHMARKS = ("digits", "mnist", "mnist-cnn", "mnist-cnn16")
+
+
+def benchmark(
+    name: str, *, label_noise: float | None, variant: str = "noisy", smoke: bool = False
+) -> tuple[str, DumpConfig, StudentConfig]:
+    """(label, teacher grid, student) of a benchmark; the first four are the original toys."""
+    if name in bench.BENCHMARKS:
+        if label_noise is not None:
+            raise SystemExit("--label-noise is set by --variant on the real-size benchmarks")
+        cfg, sc = bench.real_size(name, variant)
+        if smoke:
+            cfg, sc = bench.smoke(name, cfg, sc)
+        return f"{name}-{variant}", cfg, sc
+    if smoke:
+        raise SystemExit(f"--smoke applies to {', '.join(bench.BENCHMARKS)} only")
+    cfg, sc = original(name, label_noise=0.2 if label_noise is None else label_noise)
+    return name, cfg, sc
+
+
+def original(name: str, *, label_noise: float) -> tuple[DumpConfig, StudentConfig]:
+    """The teacher grid and the student of each original benchmark (a 2-core CPU, minutes)."""
     if name == "digits":
         return DumpConfig(
             dataset="digits",
@@ -115,7 +153,7 @@ def benchmark(name: str, *, label_noise: float) -> tuple[DumpConfig, StudentConf
             device="cpu",
         ), StudentConfig(model="mlp", hidden=(24,), epochs=200, lr=1e-2)
     if name == "mnist-cnn16":
-        cfg, sc = benchmark("mnist-cnn", label_noise=label_noise)
+        cfg, sc = original("mnist-cnn", label_noise=label_noise)
         cfg.model = f"{Path(__file__).resolve()}:small_cnn16"
         return cfg, sc
     raise SystemExit(f"unknown benchmark {name!r}: choose digits, mnist, mnist-cnn or mnist-cnn16")
@@ -135,54 +173,31 @@ def small_cnn16(num_classes: int, input_shape: tuple[int, ...] = (1, 28, 28)) ->
     return SmallCNN(input_shape[0], num_classes, width=16)
 
 
-def run(
-    name: str,
-    out: Path,
-    *,
-    seeds: tuple[int, ...],
-    label_noise: float,
-    temperature: float,
-    alpha: float,
-    n_bootstrap: int,
-    role: str,
-    teacher_lr: float | None = None,
-    lr_scaling: str | None = None,
-) -> pl.DataFrame:
-    torch.set_num_threads(1)  # the machine is shared; students are tiny anyway
-    cfg, sc = benchmark(name, label_noise=label_noise)
-    if teacher_lr is not None:
-        cfg.lr = teacher_lr
-    if lr_scaling is not None:
-        cfg.lr_scaling = lr_scaling
-    out.mkdir(parents=True, exist_ok=True)
+def teachers_and_students(
+    out: Path, cfg: DumpConfig, sc: StudentConfig, *, seeds: tuple[int, ...], t: float, a: float
+) -> tuple[pl.DataFrame, float, float]:
+    """Dump the grid, then students of every checkpoint and plain students (reused on rerun)."""
     t0 = time.perf_counter()
     dump(out / "teachers", cfg)
     t_teach = time.perf_counter() - t0
-    print(f"[{name}] teachers done in {t_teach:.0f}s", flush=True)
-
+    print(f"[{out.name}] teachers done in {t_teach:.0f}s", flush=True)
     res_path = out / "students" / "results.parquet"
     done = pl.read_parquet(res_path) if res_path.is_file() else None
     store = str(out / "teachers")
     t1 = time.perf_counter()
     if done is None or done.filter(~pl.col("plain")).height == 0:
-        distill(
-            store,
-            out / "students",
-            all_checkpoints=True,
-            temperature=temperature,
-            alpha=alpha,
-            seeds=seeds,
-            student=sc,
-        )
-        distill(store, out / "students", plain=True, seeds=seeds, student=sc)
+        kw = {"seeds": seeds, "student": sc}
+        distill(store, out / "students", all_checkpoints=True, temperature=t, alpha=a, **kw)
+        distill(store, out / "students", plain=True, **kw)
     t_stud = time.perf_counter() - t1
-    print(f"[{name}] students done in {t_stud:.0f}s", flush=True)
-    students = pl.read_parquet(res_path)
+    print(f"[{out.name}] students done in {t_stud:.0f}s", flush=True)
+    return pl.read_parquet(res_path), t_teach, t_stud
 
-    # kdlens itself, at its defaults, with the bootstrap; then the candidate settings.
+
+def score_table(store: str, students: pl.DataFrame, n_bootstrap: int) -> tuple[pl.DataFrame, Any]:
+    """One row per checkpoint: kdlens's score, the baselines, the candidates, student accuracy."""
     rec = recommend(store, n_bootstrap=n_bootstrap, seed=0)
-    base = rec.ranking
-    table = base.select(
+    table = rec.ranking.select(
         "run",
         "checkpoint",
         "batch_size",
@@ -210,11 +225,15 @@ def run(
             acc = sig["accuracy_heldout"].to_numpy() - w * np.nan_to_num(sig["collapse"].to_numpy())
             extra = extra.with_columns(pl.Series(f"acc_T{t:g}_w{w:g}", acc))
         table = table.join(extra, on=["run", "checkpoint"], how="left")
-    kd = students.filter(~pl.col("plain"))
-    st = student_table(kd, accuracy="student_test_acc")
+    st = student_table(students.filter(~pl.col("plain")), accuracy="student_test_acc")
     table = table.join(st, on=["run", "checkpoint"], how="inner").sort("batch_size", "epoch")
-    table.write_parquet(out / "checkpoints.parquet")
+    return table, rec
 
+
+def evaluate(
+    table: pl.DataFrame, students: pl.DataFrame, label: str, role: str, n_seeds: int
+) -> pl.DataFrame:
+    """Spearman / Kendall / regret of every score, on the whole grid and its top half."""
     plain = students.filter(pl.col("plain"))["student_test_acc"]
     plain_mean = float(plain.mean())  # type: ignore[arg-type]
     cands = [c for c in table.columns if c.startswith(("nll_T", "acc_T"))]
@@ -230,8 +249,8 @@ def run(
     ev = ev.join(top, on="score", how="left", maintain_order="left")
     seed_noise = float(table["student_accuracy_std"].mean())  # type: ignore[arg-type]
     means = table["student_accuracy_mean"]
-    ev = ev.with_columns(
-        benchmark=pl.lit(name),
+    return ev.with_columns(
+        benchmark=pl.lit(label),
         role=pl.lit(role),
         gain_at_pick_pp=100 * (pl.col("pick_student_accuracy") - plain_mean),
         plain_student_accuracy=pl.lit(plain_mean),
@@ -240,12 +259,59 @@ def run(
         spread_pp=pl.lit(100 * (float(means.max()) - float(means.min()))),  # type: ignore[arg-type]
         spread_std_pp=pl.lit(100 * float(means.std())),  # type: ignore[arg-type]
         n_checkpoints=pl.lit(table.height),
-        n_seeds=pl.lit(len(seeds)),
+        n_seeds=pl.lit(n_seeds),
     )
+
+
+def run(
+    name: str,
+    out: Path,
+    *,
+    seeds: tuple[int, ...],
+    label_noise: float | None,
+    temperature: float,
+    alpha: float,
+    n_bootstrap: int,
+    role: str | None,
+    teacher_lr: float | None = None,
+    lr_scaling: str | None = None,
+    variant: str = "noisy",
+    smoke: bool = False,
+    max_members: int = ENSEMBLE_MAX_MEMBERS,
+) -> pl.DataFrame:
+    torch.set_num_threads(1)  # the machine is shared; students are tiny anyway
+    label, cfg, sc = benchmark(name, label_noise=label_noise, variant=variant, smoke=smoke)
+    role = role or bench.role(label)
+    if teacher_lr is not None:
+        cfg.lr = teacher_lr
+    if lr_scaling is not None:
+        cfg.lr_scaling = lr_scaling
+    out.mkdir(parents=True, exist_ok=True)
+    students, t_teach, t_stud = teachers_and_students(
+        out, cfg, sc, seeds=seeds, t=temperature, a=alpha
+    )
+    store = str(out / "teachers")
+    table, rec = score_table(store, students, n_bootstrap)
+    table.write_parquet(out / "checkpoints.parquet")
+    ev = evaluate(table, students, label, role, len(seeds))
     ev.write_parquet(out / "scores.parquet")
+    ens, mix = mixture.run_mixture(
+        out,
+        students,
+        table,
+        rec,
+        sc=sc,
+        seeds=seeds,
+        temperature=temperature,
+        alpha=alpha,
+        max_members=max_members,
+        n_bootstrap=n_bootstrap,
+        smoke=smoke,
+    )
     meta = {
-        "benchmark": name,
+        "benchmark": label,
         "role": role,
+        "smoke": smoke,
         "dump": asdict(cfg),
         "student": asdict(sc),
         "temperature": temperature,
@@ -261,11 +327,13 @@ def run(
         and {k: rec.recommended[k] for k in ("run", "checkpoint", "score")},
         "reason": rec.reason,
         "advice": rec.advice,
+        "ensemble": mixture.summary(ens),
         "command": " ".join(sys.argv),
     }
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
-    (out / "validation.md").write_text(markdown(ev, table, meta))
-    print(markdown(ev, table, meta), flush=True)
+    text = markdown(ev, table, meta) + mixture.markdown(ens, mix)
+    (out / "validation.md").write_text(text)
+    print(text, flush=True)
     return ev
 
 
@@ -313,20 +381,23 @@ def markdown(ev: pl.DataFrame, table: pl.DataFrame, meta: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("benchmark", choices=["digits", "mnist", "mnist-cnn", "mnist-cnn16"])
+    p.add_argument("benchmark", choices=[*OLD_BENCHMARKS, *bench.BENCHMARKS])
     p.add_argument("--out", type=Path, required=True, help="output directory (reused on rerun)")
-    p.add_argument("--seeds", default="0,1,2,3", help="student seeds (comma-separated)")
+    p.add_argument("--variant", default="noisy", choices=bench.VARIANTS, help="real-size only")
+    p.add_argument("--smoke", action="store_true", help="toy size, seconds (checks it runs)")
+    p.add_argument("--seeds", default=None, help="student seeds (default 0,1,2,3; smoke 0,1)")
     p.add_argument(
-        "--label-noise", type=float, default=0.2, help="fraction of transfer labels flipped"
+        "--label-noise", type=float, default=None, help="original benchmarks: default 0.2"
     )
     p.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of the KD term")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for P(best)")
-    p.add_argument("--role", default="held-out", help="'fit' (score chosen here) or 'held-out'")
+    p.add_argument("--bootstrap", type=int, default=None, help="replicates (default 200; smoke 20)")
+    p.add_argument("--max-members", type=int, default=ENSEMBLE_MAX_MEMBERS, help="ensemble size")
+    p.add_argument("--role", default=None, help="'fit' or 'held-out' (default: the declared set)")
     p.add_argument("--teacher-lr", type=float, default=None, help="teacher lr at batch size 128")
     p.add_argument("--lr-scaling", default=None, help="teacher lr scaling: linear, sqrt or none")
     a = p.parse_args()
-    seeds = tuple(int(s) for s in a.seeds.split(","))
+    seeds = tuple(int(s) for s in (a.seeds or ("0,1" if a.smoke else "0,1,2,3")).split(","))
     run(
         a.benchmark,
         a.out,
@@ -334,10 +405,13 @@ def main() -> None:
         label_noise=a.label_noise,
         temperature=a.temperature,
         alpha=a.alpha,
-        n_bootstrap=a.bootstrap,
+        n_bootstrap=a.bootstrap if a.bootstrap is not None else (20 if a.smoke else 200),
         role=a.role,
         teacher_lr=a.teacher_lr,
         lr_scaling=a.lr_scaling,
+        variant=a.variant,
+        smoke=a.smoke,
+        max_members=3 if a.smoke else a.max_members,
     )
 
 

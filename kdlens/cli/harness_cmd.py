@@ -69,7 +69,8 @@ def dump_cmd(
     dataset: str = typer.Option(
         "digits",
         "--dataset",
-        help="digits | idx:IMAGES,LABELS | idx:DIR | cifar:DIR | npz:FILE | folder:DIR[,HxW] "
+        help="digits | idx:IMAGES,LABELS | idx:DIR | cifar:DIR | emnist-letters:DIR | "
+        "cifar10-jpeg:DIR | npz:FILE | folder:DIR[,HxW] "
         "(class sub-folders of images) | module:function (your arrays or Dataset); no downloads.",
     ),
     model: str = typer.Option(

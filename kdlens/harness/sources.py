@@ -7,6 +7,9 @@ A dataset *spec* is a string, recorded in every store's metadata so that
 - ``idx:IMAGES,LABELS`` or ``idx:DIR``: MNIST / Fashion-MNIST IDX files, gzipped or not
   (a directory holds ``train-*`` and optionally ``t10k-*`` files);
 - ``cifar:DIR`` (also ``cifar10:`` / ``cifar100:``): the CIFAR python batches;
+- ``emnist-letters:DIR`` and ``cifar10-jpeg:DIR``: EMNIST-letters IDX files (labels
+  1..26 become classes 0..25) and CIFAR-10 as JPEG bytes in npz files
+  (:mod:`kdlens.harness.benchdata`);
 - ``npz:FILE`` (or a path ending in ``.npz``): arrays ``X`` (N, ...) and ``y`` (N,),
   optional ``class_names``;
 - ``folder:DIR`` or ``folder:DIR,HxW``: class sub-folders of images
@@ -27,11 +30,14 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kdlens.errors import InputError
+
+if TYPE_CHECKING:
+    from kdlens.harness.benchdata import JpegImages
 
 __all__ = ["SourceData", "load_source", "read_cifar_batch", "read_idx", "safe_unpickle"]
 
@@ -40,7 +46,8 @@ __all__ = ["SourceData", "load_source", "read_cifar_batch", "read_idx", "safe_un
 class SourceData:
     """A whole dataset as arrays; rows ``[n_train_rows:]`` are its own test set, if any."""
 
-    x: np.ndarray  # (N, C, H, W) or (N, D); any real dtype
+    #: (N, C, H, W) or (N, D), any real dtype; or images decoded when indexed.
+    x: np.ndarray | JpegImages
     y: np.ndarray  # (N,) int64
     class_names: list[str]
     spec: str
@@ -265,6 +272,12 @@ def load_source(spec: str) -> SourceData:
         return _load_cifar(Path(arg), spec)
     if kind == "npz" and arg:
         return _load_npz(Path(arg), spec)
+    if kind in ("emnist-letters", "cifar10-jpeg") and arg:
+        from kdlens.harness import benchdata
+
+        if kind == "emnist-letters":
+            return benchdata.load_emnist_letters(arg, spec)
+        return benchdata.load_cifar10_jpeg(arg, spec)
     if spec.endswith(".npz"):
         return _load_npz(Path(spec), spec)
     if kind == "folder" and arg:
@@ -283,5 +296,5 @@ def load_source(spec: str) -> SourceData:
         return load_user_dataset(spec)
     raise InputError(
         f"unknown dataset {spec!r}: use digits, idx:IMAGES,LABELS, idx:DIR, cifar:DIR, "
-        "npz:FILE, folder:DIR or module:function"
+        "emnist-letters:DIR, cifar10-jpeg:DIR, npz:FILE, folder:DIR or module:function"
     )
