@@ -36,7 +36,9 @@ class Keywords(Dataset):
         self.ids = torch.randint(CLASSES + 1, VOCAB, (n, LENGTH), generator=g)
         self.labels = torch.randint(0, CLASSES, (n,), generator=g)
         where = torch.randint(1, LENGTH, (n, 4), generator=g)
-        self.ids[torch.arange(n)[:, None], where] = (self.labels + 1)[:, None]  # tokens 1..3 are the keywords
+        self.ids[torch.arange(n)[:, None], where] = (self.labels + 1)[
+            :, None
+        ]  # tokens 1..3 are the keywords
         flip = torch.rand(n, generator=g) < 0.2
         self.labels[flip] = torch.randint(0, CLASSES, (int(flip.sum()),), generator=g)
         self.first_id = first_id

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from kdlens.errors import InputError
 from kdlens.harness.writer import LogitsWriter, checked_logits, store_file
@@ -90,7 +91,9 @@ class StoreTarget:
 
     def writer(self, num_classes: int) -> LogitsWriter:
         if self._writer is None:
-            self._writer = LogitsWriter(self.root, run=self.run, num_classes=num_classes, **self._kw)
+            self._writer = LogitsWriter(
+                self.root, run=self.run, num_classes=num_classes, **self._kw
+            )
         return self._writer
 
     def missing(self, checkpoint: str, splits: Sequence[str]) -> list[str]:
@@ -122,8 +125,6 @@ def dump_split(
     Example ids are the dataset positions unless ``forward`` returns ids. Returns the file
     written on rank 0, None on the other ranks.
     """
-    from torch.utils.data import DataLoader
-
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise InputError(
             f"split {split!r}: kdlens dumps a map-style dataset (with __len__ and "
@@ -134,7 +135,7 @@ def dump_split(
     if n == 0:
         raise InputError(f"split {split!r}: the dataset is empty")
     positions = list(range(rank, -(-n // world) * world, world))
-    loader = DataLoader(
+    loader: DataLoader[Any] = DataLoader(
         _Indexed(dataset),
         batch_size=batch_size,
         sampler=[p % n for p in positions],
@@ -163,7 +164,7 @@ def dump_split(
     return None if out is None else Path(out.close())
 
 
-class _Indexed:
+class _Indexed(Dataset[tuple[int, Any]]):
     """A map-style dataset whose items carry their index (the default example id)."""
 
     def __init__(self, dataset: Any) -> None:

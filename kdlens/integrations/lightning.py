@@ -1,7 +1,8 @@
 """``LogitsCallback`` for PyTorch Lightning: a kdlens store written while the teacher trains.
 
 >>> from kdlens.integrations.lightning import LogitsCallback             # doctest: +SKIP
->>> trainer = L.Trainer(max_epochs=16, callbacks=[LogitsCallback("runs/mine", epochs=[1, 2, 4, 8, 16])])
+>>> dump = LogitsCallback("runs/mine", epochs=[1, 2, 4, 8, 16])         # doctest: +SKIP
+>>> trainer = L.Trainer(max_epochs=16, callbacks=[dump])                # doctest: +SKIP
 >>> trainer.fit(model, datamodule=dm)                                      # doctest: +SKIP
 
 Needs the ``lightning`` extra (``pip install 'kdlens[lightning]'``).
@@ -140,7 +141,7 @@ class LogitsCallback(pl.Callback):
         )
         seed = os.environ.get("PL_GLOBAL_SEED")
         run = self.run or (f"bs{bs}" if bs else "run") + (f"-seed{seed}" if seed else "")
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)
         return StoreTarget(
             self.root,
             run=run,
@@ -162,7 +163,7 @@ class LogitsCallback(pl.Callback):
     def _loaders(self, trainer: pl.Trainer, splits: list[str]) -> dict[str, Any]:
         if self.dataloaders is not None:
             return {s: self.dataloaders[s] for s in splits}
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)
         out = {}
         for split in splits:
             if split not in _LOADER:
@@ -214,7 +215,6 @@ def _train_batch_size(trainer: pl.Trainer) -> int | None:
     if isinstance(loader, (list, tuple)):
         loader = loader[0] if loader else None
     size = getattr(loader, "batch_size", None)
-    if size is None and trainer.datamodule is not None:
-        size = getattr(trainer.datamodule, "batch_size", None)
+    if size is None:
+        size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
     return int(size) if isinstance(size, int) else None
-

@@ -116,6 +116,8 @@ class LogitsCallback(TrainerCallback):
         sets = self._datasets(kw)
         target = self._target(args, model, sets)
         todo = target.missing(name, list(sets))
+        if not todo:
+            return []
         loader = kw.get("eval_dataloader") or kw.get("train_dataloader")
         collate = self.collate_fn or getattr(loader, "collate_fn", None)
         if collate is None:
@@ -212,7 +214,9 @@ def _split_ids(
         try:
             ids = [int(item[id_column]) for item in items]
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"`id_column` {id_column!r}: an item has no integer id ({exc})") from exc
+            raise InputError(
+                f"`id_column` {id_column!r}: an item has no integer id ({exc})"
+            ) from exc
         rest = [{k: v for k, v in item.items() if k != id_column} for item in items]
         return collate(rest), torch.as_tensor(ids)
 
