@@ -37,7 +37,8 @@ def example() -> dict[str, Any]:
 @pytest.fixture()
 def quiet_torch(monkeypatch: pytest.MonkeyPatch) -> Any:
     """The example sets one torch thread and a global seed: undo both after the test."""
-    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # recorded as unset: restored as unset
+    monkeypatch.delenv("PL_GLOBAL_SEED")
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -109,6 +110,28 @@ def test_explicit_loaders_forward_and_epochs(tmp_path: Path, example: dict[str, 
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(batch.logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_default_splits_are_those_the_trainer_has(
+    tmp_path: Path, example: dict[str, Any], quiet_torch: None
+) -> None:
+    x, y = torch.randn(21, 64), torch.arange(21) % 10
+    dump = LogitsCallback(tmp_path, epochs=[1], batch_size=7)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[dump],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(example["MLP"](), DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True))
+    # No val loader: train only; no seed_everything: the run is named by the batch alone.
+    assert [p.relative_to(tmp_path).as_posix() for p in dump.written] == [
+        "bs7/ep001-step000006.train.parquet"
+    ]
+    batch = kdlens.open_store(tmp_path).load("bs7", "ep001-step000006", "train")
+    assert batch.example_ids.tolist() == list(range(21))  # read in order, unshuffled
 
 
 def test_a_batch_that_is_not_x_y_names_the_way_out() -> None:

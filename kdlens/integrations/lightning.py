@@ -43,7 +43,8 @@ class LogitsCallback(pl.Callback):
     dataloaders : ``{"train": loader, "val": loader, ...}``; default: the datamodule's
         (else the trainer's) loaders of ``splits``. Each is re-read in order, unshuffled
         (its dataset, ``collate_fn`` and batch size), so ids are dataset positions.
-    splits : the splits taken from the datamodule or trainer (default train and val).
+    splits : the splits taken from the datamodule or trainer; default train and val, those
+        of the two that it has.
     epochs : dump at the end of these (1-based) epochs; None (default): at every
         checkpoint save (``on_save_checkpoint``: the logits of exactly the saved weights).
     num_classes, class_names : K (default: from the model's output) and class names.
@@ -66,7 +67,7 @@ class LogitsCallback(pl.Callback):
         *,
         run: str | None = None,
         dataloaders: Mapping[str, Any] | None = None,
-        splits: Sequence[str] = ("train", "val"),
+        splits: Sequence[str] | None = None,
         epochs: Iterable[int] | None = None,
         num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
@@ -79,7 +80,7 @@ class LogitsCallback(pl.Callback):
     ) -> None:
         self.root = Path(root)
         self.run, self.dataloaders = run, dict(dataloaders) if dataloaders else None
-        self.splits = tuple(self.dataloaders) if self.dataloaders else tuple(splits)
+        self.splits = tuple(self.dataloaders or splits or ()) or None
         self.epochs = None if epochs is None else {int(e) for e in epochs}
         self.num_classes, self.class_names = num_classes, class_names
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -102,7 +103,10 @@ class LogitsCallback(pl.Callback):
         epoch, step = trainer.current_epoch + 1, trainer.global_step
         name = self.checkpoint_name.format(epoch=epoch, step=step)
         target = self._target(trainer, pl_module)
-        todo = target.missing(name, self.splits)
+        splits = self.splits or _available(trainer)
+        if not splits:
+            raise InputError("nothing to dump: the trainer has no train or val DataLoader")
+        todo = target.missing(name, splits)
         if not todo:
             return []
         loaders = self._loaders(trainer, todo)
@@ -173,8 +177,7 @@ class LogitsCallback(pl.Callback):
             else:
                 attr = "train_dataloader" if split == "train" else f"{split}_dataloaders"
                 loader = getattr(trainer, attr)
-            if isinstance(loader, (list, tuple)):
-                loader = loader[0] if loader else None
+            loader = _first(loader)
             if loader is None or not hasattr(loader, "dataset"):
                 raise InputError(
                     f"split {split!r}: the trainer has no {split} DataLoader; pass "
@@ -211,10 +214,28 @@ def _default_forward(module: torch.nn.Module, batch: Any) -> tuple[Any, Any, Any
 
 def _train_batch_size(trainer: pl.Trainer) -> int | None:
     """The per-device training batch size, when the trainer's loader says it."""
-    loader = trainer.train_dataloader
-    if isinstance(loader, (list, tuple)):
-        loader = loader[0] if loader else None
-    size = getattr(loader, "batch_size", None)
+    size = getattr(_first(trainer.train_dataloader), "batch_size", None)
     if size is None:
         size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
     return int(size) if isinstance(size, int) else None
+
+
+def _first(loaders: Any) -> Any:
+    """The first of several loaders (a list or a dict of them, as Lightning allows)."""
+    if isinstance(loaders, Mapping):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        return loaders[0] if loaders else None
+    return loaders
+
+
+def _available(trainer: pl.Trainer) -> list[str]:
+    """The default splits: train and val, those of the two the datamodule (else the
+    trainer) has."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    dm = getattr(trainer, "datamodule", None)
+    if dm is not None:
+        return [s for s in ("train", "val") if is_overridden(_LOADER[s], dm)]
+    found = {"train": trainer.train_dataloader, "val": trainer.val_dataloaders}
+    return [s for s, loader in found.items() if _first(loader) is not None]
