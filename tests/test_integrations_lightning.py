@@ -116,7 +116,7 @@ def test_default_splits_are_those_the_trainer_has(
     tmp_path: Path, example: dict[str, Any], quiet_torch: None
 ) -> None:
     x, y = torch.randn(21, 64), torch.arange(21) % 10
-    dump = LogitsCallback(tmp_path, epochs=[1], batch_size=7)
+    dump = LogitsCallback(tmp_path / "store", batch_size=7)  # at every save
     trainer = pl.Trainer(
         max_epochs=1,
         callbacks=[dump],
@@ -126,11 +126,13 @@ def test_default_splits_are_those_the_trainer_has(
         enable_model_summary=False,
     )
     trainer.fit(example["MLP"](), DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True))
+    assert dump.written == []  # no checkpoint saved during fit
+    trainer.save_checkpoint(tmp_path / "after-fit.ckpt")  # after fit: the epoch done, 1
     # No val loader: train only; no seed_everything: the run is named by the batch alone.
-    assert [p.relative_to(tmp_path).as_posix() for p in dump.written] == [
+    assert [p.relative_to(tmp_path / "store").as_posix() for p in dump.written] == [
         "bs7/ep001-step000006.train.parquet"
     ]
-    batch = kdlens.open_store(tmp_path).load("bs7", "ep001-step000006", "train")
+    batch = kdlens.open_store(tmp_path / "store").load("bs7", "ep001-step000006", "train")
     assert batch.example_ids.tolist() == list(range(21))  # read in order, unshuffled
 
 

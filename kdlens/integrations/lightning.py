@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerStatus
 
 from kdlens.errors import InputError
 from kdlens.integrations.common import (
@@ -52,7 +53,7 @@ class LogitsCallback(pl.Callback):
         gradient accumulation.
     eval_batch_size : the batch size of the dump's forward passes (default the loader's).
     dataset, model : names recorded in the metadata (default the class names).
-    forward : ``forward(module, batch) -> (logits, labels or None)``, batch already on the
+    forward : ``forward(module, batch) -> (logits, labels)`` or ``-> logits``, batch on the
         module's device; default: ``(x, y)`` or ``(x, y, example_id)`` batches, ``module(x)``.
     checkpoint_name : format of the checkpoint name, with ``epoch`` and ``step``.
 
@@ -100,7 +101,10 @@ class LogitsCallback(pl.Callback):
 
     def dump(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[Path]:
         """Write every split's logits for the module as it is now (missing files only)."""
-        epoch, step = trainer.current_epoch + 1, trainer.global_step
+        # Inside fit, current_epoch is the 0-based epoch under way; once fit has finished
+        # (a save after it), it counts the epochs done.
+        running = trainer.state.status == TrainerStatus.RUNNING
+        epoch, step = trainer.current_epoch + int(running), trainer.global_step
         name = self.checkpoint_name.format(epoch=epoch, step=step)
         target = self._target(trainer, pl_module)
         splits = self.splits or _available(trainer)
@@ -194,7 +198,8 @@ class LogitsCallback(pl.Callback):
             batch = to_device(batch, pl_module.device)
             with context():
                 if user is not None:
-                    z, y = user(pl_module, batch)
+                    out = user(pl_module, batch)
+                    z, y = out if isinstance(out, tuple) else (out, None)
                     return z, y, None
                 return _default_forward(pl_module, batch)
 
