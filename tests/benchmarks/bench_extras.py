@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import tomllib  # Python >= 3.11, as the benchmarks are run
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
