@@ -4,6 +4,7 @@ A randomly initialised 2-layer BERT (built from a ``BertConfig``: nothing is dow
 learns a made-up 3-class task on pre-tokenised ids, a few seconds on a CPU:
 
     python examples/dump_transformers.py runs/bert
+    torchrun --nproc_per_node 2 examples/dump_transformers.py runs/bert-ddp   # 2 CPU processes
     kdlens validate runs/bert
     kdlens recommend runs/bert
 
