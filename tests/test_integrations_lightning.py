@@ -87,7 +87,7 @@ def test_explicit_loaders_forward_and_epochs(tmp_path: Path, example: dict[str, 
     dump = LogitsCallback(
         tmp_path,
         run="mine",
-        dataloaders={"test": DataLoader(dicts, batch_size=8)},
+        dataloaders={"test": DataLoader(dicts, batch_size=8, num_workers=1)},  # a worker too
         epochs=[2],
         forward=lambda module, batch: (module(batch["x"]), batch["y"]),
         checkpoint_name="ep{epoch}",

@@ -118,12 +118,14 @@ def dump_split(
     step: int | None,
     batch_size: int,
     collate_fn: Callable[[list[Any]], Any] | None = None,
+    num_workers: int = 0,
     model_name: str | None = None,
 ) -> Path | None:
     """Run ``forward`` over ``dataset`` (in order, this rank's shard) and write the split.
 
-    Example ids are the dataset positions unless ``forward`` returns ids. Returns the file
-    written on rank 0, None on the other ranks.
+    Example ids are the dataset positions unless ``forward`` returns ids. ``num_workers``:
+    loader worker processes, as the training loader has. Returns the file written on rank
+    0, None on the other ranks.
     """
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise InputError(
@@ -139,7 +141,8 @@ def dump_split(
         _Indexed(dataset),
         batch_size=batch_size,
         sampler=[p % n for p in positions],
-        collate_fn=_with_index(collate_fn),
+        collate_fn=_WithIndex(collate_fn),
+        num_workers=num_workers,
     )
     out = None
     try:
@@ -177,15 +180,17 @@ class _Indexed(Dataset[tuple[int, Any]]):
         return i, self.dataset[i]
 
 
-def _with_index(collate_fn: Callable[[list[Any]], Any] | None) -> Callable[[list[Any]], Any]:
-    from torch.utils.data import default_collate
+class _WithIndex:
+    """Collate ``(index, item)`` pairs: the indices as a tensor, the items as ``inner`` does.
+    A class, not a closure, so that loader workers started by spawning can pickle it."""
 
-    inner = collate_fn or default_collate
+    def __init__(self, inner: Callable[[list[Any]], Any] | None) -> None:
+        from torch.utils.data import default_collate
 
-    def collate(items: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any]:
-        return torch.as_tensor([i for i, _ in items]), inner([x for _, x in items])
+        self.inner = inner or default_collate
 
-    return collate
+    def __call__(self, items: list[tuple[int, Any]]) -> tuple[torch.Tensor, Any]:
+        return torch.as_tensor([i for i, _ in items]), self.inner([x for _, x in items])
 
 
 def _gather(

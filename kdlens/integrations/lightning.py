@@ -131,6 +131,7 @@ class LogitsCallback(pl.Callback):
                     step=step,
                     batch_size=self.eval_batch_size or loader.batch_size or 1,
                     collate_fn=loader.collate_fn,
+                    num_workers=getattr(loader, "num_workers", 0),
                     model_name=type(pl_module).__name__,
                 )
                 if path is not None:

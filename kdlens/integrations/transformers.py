@@ -137,7 +137,8 @@ class LogitsCallback(TrainerCallback):
                     epoch=epoch,
                     step=step,
                     batch_size=args.per_device_eval_batch_size,
-                    collate_fn=_split_ids(collate, self.id_column),
+                    collate_fn=_SplitIds(collate, self.id_column),
+                    num_workers=args.dataloader_num_workers,
                     model_name=type(model).__name__,
                 )
                 if path is not None:
@@ -203,21 +204,20 @@ class LogitsCallback(TrainerCallback):
         return forward
 
 
-def _split_ids(
-    collate: Callable[[list[Any]], Any], id_column: str | None
-) -> Callable[[list[Any]], tuple[Any, Any]]:
-    """A collate function that takes the ids out of the items before ``collate`` sees them."""
+class _SplitIds:
+    """Collate items with their ids taken out first (``collate`` never sees the id
+    column). A class, not a closure, so that spawned loader workers can pickle it."""
 
-    def split(items: list[Any]) -> tuple[Any, Any]:
-        if id_column is None:
-            return collate(items), None
+    def __init__(self, collate: Callable[[list[Any]], Any], id_column: str | None) -> None:
+        self.collate, self.id_column = collate, id_column
+
+    def __call__(self, items: list[Any]) -> tuple[Any, Any]:
+        key = self.id_column
+        if key is None:
+            return self.collate(items), None
         try:
-            ids = [int(item[id_column]) for item in items]
+            ids = [int(item[key]) for item in items]
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"`id_column` {id_column!r}: an item has no integer id ({exc})"
-            ) from exc
-        rest = [{k: v for k, v in item.items() if k != id_column} for item in items]
-        return collate(rest), torch.as_tensor(ids)
-
-    return split
+            raise InputError(f"`id_column` {key!r}: an item has no integer id ({exc})") from exc
+        rest = [{k: v for k, v in item.items() if k != key} for item in items]
+        return self.collate(rest), torch.as_tensor(ids)
