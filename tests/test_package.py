@@ -54,6 +54,11 @@ def test_import_kdlens_and_the_cli_import_no_heavy_library() -> None:
     assert _heavy_after("import kdlens, kdlens.cli") == []
 
 
+def test_the_integrations_package_imports_nothing_heavy() -> None:
+    # Its submodules import Lightning or transformers; the package itself must not.
+    assert _heavy_after("import kdlens.integrations") == []
+
+
 def test_help_of_every_command_imports_no_heavy_library() -> None:
     # Not a timed test: what makes --help slow is importing these, so assert that none
     # was imported, for the top level and for every command's --help.

@@ -24,7 +24,37 @@ from kdlens.errors import InputError
 from kdlens.harness.runtime import autocast
 from kdlens.store.writer import CheckpointWriter
 
-__all__ = ["LogitsWriter"]
+__all__ = ["LogitsWriter", "checked_logits", "store_file"]
+
+
+def store_file(root: str | os.PathLike[str], run: str, checkpoint: str, split: str) -> Path:
+    """Where one run x checkpoint x split lives in a store written by :class:`LogitsWriter`."""
+    ck = path_component(checkpoint, field="checkpoint")
+    name = f"{ck}.{path_component(split, field='split')}.parquet"
+    return Path(root) / path_component(run, field="run") / name
+
+
+def checked_logits(z: Any, num_classes: int | None, checkpoint: str, i: int) -> torch.Tensor:
+    """A model output as float32 ``(batch, K)`` logits; :class:`InputError` when it is
+    not logits of ``num_classes`` (any K when None) or holds NaN/Inf.
+
+    Accepts a tensor, or what Hugging Face models return (an object or dict with ``logits``).
+    """
+    if not isinstance(z, torch.Tensor):
+        z = z.get("logits") if isinstance(z, dict) else getattr(z, "logits", z)
+    k = num_classes if num_classes is not None else "K"
+    ok = isinstance(z, torch.Tensor) and z.ndim == 2
+    if not ok or (num_classes is not None and z.shape[1] != num_classes):
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise InputError(f"model output must be (batch, {k}) logits, got {shape}")
+    zf = z.float()
+    if not bool(torch.isfinite(zf).all()):
+        # Analyses refuse non-finite logits; say so while the run is at hand.
+        raise InputError(
+            f"checkpoint {checkpoint!r}: the model produced NaN/Inf logits in "
+            f"loader batch {i}; nothing was written"
+        )
+    return zf
 
 
 class LogitsWriter:
@@ -70,8 +100,33 @@ class LogitsWriter:
         self.overwrite = overwrite
 
     def path(self, checkpoint: str, split: str) -> Path:
-        ck = path_component(checkpoint, field="checkpoint")
-        return self.root / self.run / f"{ck}.{path_component(split, field='split')}.parquet"
+        return store_file(self.root, self.run, checkpoint, split)
+
+    def open(
+        self,
+        checkpoint: str,
+        split: str,
+        *,
+        epoch: int | None = None,
+        step: int | None = None,
+        model: str | None = None,
+    ) -> CheckpointWriter:
+        """The atomic writer of one checkpoint x split file, for callers that compute
+        the logits themselves (the trainer callbacks of :mod:`kdlens.integrations`)."""
+        return CheckpointWriter(
+            self.path(checkpoint, split),
+            run=self.run,
+            checkpoint=checkpoint,
+            num_classes=self.num_classes,
+            epoch=epoch,
+            step=step,
+            batch_size=self.batch_size,
+            class_names=self.class_names,
+            dataset=self.dataset,
+            model=self.model or model,
+            config=self.config,
+            overwrite=self.overwrite,
+        )
 
     def dump(
         self,
@@ -110,19 +165,8 @@ class LogitsWriter:
         seen = 0
         try:
             with (
-                CheckpointWriter(
-                    path,
-                    run=self.run,
-                    checkpoint=checkpoint,
-                    num_classes=self.num_classes,
-                    epoch=epoch,
-                    step=step,
-                    batch_size=self.batch_size,
-                    class_names=self.class_names,
-                    dataset=self.dataset,
-                    model=self.model or type(model).__name__,
-                    config=self.config,
-                    overwrite=self.overwrite,
+                self.open(
+                    checkpoint, split, epoch=epoch, step=step, model=type(model).__name__
                 ) as w,
                 torch.inference_mode(),
                 autocast(device),
@@ -154,24 +198,12 @@ class LogitsWriter:
             )
         x, y = batch[0], batch[1]
         x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
-        z = model(x)
-        if not isinstance(z, torch.Tensor) or z.ndim != 2 or z.shape[1] != self.num_classes:
-            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
-            raise InputError(
-                f"model output must be (batch, {self.num_classes}) logits, got {shape}"
-            )
-        n = z.shape[0]
+        zf = checked_logits(model(x), self.num_classes, checkpoint, i)
+        n = zf.shape[0]
         ids = (
             np.asarray(batch[2].cpu() if isinstance(batch[2], torch.Tensor) else batch[2])
             if len(batch) == 3
             else np.arange(seen, seen + n)
         )
         yy = y.cpu() if isinstance(y, torch.Tensor) else np.asarray(y)
-        zf = z.float()
-        if not bool(torch.isfinite(zf).all()):
-            # Analyses refuse non-finite logits; say so while the run is at hand.
-            raise InputError(
-                f"checkpoint {checkpoint!r}: the model produced NaN/Inf logits in "
-                f"loader batch {i}; nothing was written"
-            )
         return zf, yy, ids
