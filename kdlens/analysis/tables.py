@@ -136,6 +136,8 @@ def _structure(res: Any, n_permutations: int) -> dict[str, Any]:
         "structure_p_value": float(st.p_value),
         "structure_effect": float(st.effect_size),
         "structure_permutations": int(st.n_permutations),
+        # which null ran: "analytic" (closed-form moments, see kdlens.hypotheses.structure)
+        "structure_method": st.method,
         "structure_verdict": structure_verdict(st.p_value, st.normalized_effect, st.num_classes),
     }
 
