@@ -37,7 +37,8 @@ import numpy as np, pyarrow as pa, pyarrow.parquet as pq
 t0 = time.perf_counter()
 with open(sys.argv[1], "rb") as f:
     version = np.lib.format.read_magic(f)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    fmt = np.lib.format
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
     shape, _, dtype = read(f)
     n, k = shape
     rows = max(1024, (1 << 23) // k)
@@ -48,7 +49,8 @@ with open(sys.argv[1], "rb") as f:
             col = pa.FixedSizeListArray.from_arrays(pa.array(z, pa.float32()), k)
             w.write_table(pa.table({"logits": col}, schema=schema), row_group_size=rows)
 wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"wall": wall, "rss_mib": rss}))
 """
 
 IMPORT = r"""
@@ -57,8 +59,8 @@ from kdlens import import_files
 t0 = time.perf_counter()
 done = import_files([sys.argv[1]], sys.argv[2], kind="logits", labels=sys.argv[3] or None)
 wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "rows": done[0].rows}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"wall": wall, "rss_mib": rss, "rows": done[0].rows}))
 """
 
 
@@ -72,7 +74,7 @@ def write_npy(path: Path, n: int, k: int, seed: int = 0) -> None:
         np.lib.format.write_array_header_2_0(f, header)
         for start in range(0, n, rows):
             m = min(rows, n - start)
-            y = (np.arange(start, start + m) % k)
+            y = np.arange(start, start + m) % k
             z = centres[y] + rng.standard_normal((m, k), dtype=np.float32)
             z[np.arange(m), y] += 6.0
             f.write(np.ascontiguousarray(z, np.float32).tobytes())
@@ -97,8 +99,10 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="where to write the inputs (default: a tmp dir)")
     ap.add_argument("--labels", action="store_true", help="also import N labels from a .npy")
     args = ap.parse_args()
-    print("| N x K | file | floor (read + write) | import | import / floor | floor peak RSS "
-          "| import peak RSS |")
+    print(
+        "| N x K | file | floor (read + write) | import | import / floor | floor peak RSS "
+        "| import peak RSS |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.n:
         with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -109,8 +113,11 @@ def main() -> None:
             if args.labels:
                 lab = str(Path(tmp) / "labels.npy")
                 np.save(lab, np.arange(n) % args.k)
-            print(f"<!-- wrote {src.stat().st_size / 1e9:.2f} GB in "
-                  f"{time.perf_counter() - t0:.0f} s -->", flush=True)
+            print(
+                f"<!-- wrote {src.stat().st_size / 1e9:.2f} GB in "
+                f"{time.perf_counter() - t0:.0f} s -->",
+                flush=True,
+            )
             floor = _run(FLOOR, str(src), str(Path(tmp) / "floor.parquet"))
             (Path(tmp) / "floor.parquet").unlink()
             imp = _run(IMPORT, str(src), str(Path(tmp) / "store"), lab)
