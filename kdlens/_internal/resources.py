@@ -20,10 +20,11 @@ DEFAULT_LIMIT = 8 << 30
 ENV = "KDLENS_MEMORY_LIMIT"
 
 #: K x K float64 arrays held at the peak besides the accumulators: finishing the
-#: similarity (matrix, symmetrised copy, distances and the structure test's null) and the
-#: long similarity table (K*K rows of class, class, value). Measured at K = 5,000 (see
-#: the report of issue 10): about 10 K x K float64 arrays at the peak in all.
-FINISH_ARRAYS = 8
+#: similarity holds S, its estimate and one temporary (SI's terms, the affinity); the
+#: structure test's null, the similarity table (top entries above K = 2,048) and the
+#: graph work on O(K) or blocks of rows. Measured at K = 5,000 (tests/benchmarks/README.md):
+#: 1.26 GiB peak for 20,000 x 5,000 with two workers' sums (was 2.74 GiB with ~10 arrays).
+FINISH_ARRAYS = 3
 
 
 def similarity_bytes(k: int, accumulators: int) -> int:

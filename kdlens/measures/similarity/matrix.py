@@ -163,10 +163,14 @@ class SimilarityAccumulator(Accumulator):
         # O(nK) memory (a sparse indicator product returned a dense K x K temporary:
         # 200 MB per batch and worker at K = 5,000).
         order = np.argsort(labels, kind="stable")
-        ys = labels[order]
-        starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]]) if n else np.zeros(0, int)
-        if n:
-            self.q_sum[ys[starts]] += np.add.reduceat(q[order], starts, axis=0)
+        # Sub-blocks of ~4 M values bound the temporaries (gathered rows, their class
+        # sums, the rows of q_sum they add to) to ~100 MB whatever the batch.
+        step = max(1, (1 << 22) // max(k, 1))
+        for a in range(0, n, step):
+            o = order[a : a + step]
+            ys = labels[o]
+            starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+            self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
         return self
