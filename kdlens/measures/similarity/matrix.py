@@ -292,8 +292,11 @@ def top_entries(S: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.nda
         blk[np.arange(blk.shape[0]), rows] = -np.inf  # the diagonal is never an entry
         keep = ~np.isnan(blk).any(axis=1)  # absent classes have NaN rows
         blk, rows = blk[keep], rows[keep]
-        if top < k - 1:
-            idx = np.argpartition(-blk, top - 1, axis=1)[:, :top] if top else blk[:, :0]
+        idx: np.ndarray
+        if top == 0:
+            idx = np.zeros((blk.shape[0], 0), np.int64)
+        elif top < k - 1:
+            idx = np.argpartition(-blk, top - 1, axis=1)[:, :top]
         else:
             idx = np.broadcast_to(np.arange(k), blk.shape)
         idx = np.sort(idx, axis=1)
