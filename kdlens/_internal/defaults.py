@@ -34,6 +34,12 @@ TOP_K = 5
 #: ``similarity_table_mass`` (mean share of a row of S the table holds; 1 when full).
 SIMILARITY_TABLE_FULL_MAX_K = 2048
 SIMILARITY_TABLE_TOP = 100
+#: Up to this K the class similarity is the exact dense K x K sums (200 MB per array at
+#: 5,000; analyze peaks at 1.26 GiB for 20,000 x 5,000); above it the bounded path of
+#: :mod:`kdlens.measures.similarity.sparse` keeps each example's SIMILARITY_SPARSE_TOP
+#: largest non-target probabilities exactly and spreads the rest evenly.
+SIMILARITY_DENSE_MAX_K = 5000
+SIMILARITY_SPARSE_TOP = 64
 
 #: Hypothesis tests.
 N_PERMUTATIONS = 1000

@@ -79,10 +79,18 @@ def part_tables(
     row["instance_information"] = float(res.instance_information)
     row.update(_structure(res, n_permutations))
     present = summ.class_counts > 0
-    if sup is not None:
+    sparse = hasattr(res, "background")  # the bounded large-K similarity
+    row["similarity_method"] = f"sparse top-{res.top} per example" if sparse else "dense"
+    if sparse and (sup is not None or result.extras.get("reference") is not None):
+        warnings.warn(
+            f"{where}: K = {k:,} uses the bounded similarity path; superclass recovery and "
+            "reference agreement need the dense K x K matrix and are left out",
+            stacklevel=4,
+        )
+    if sup is not None and not sparse:
         row.update(_superclass(res, sup, present))
     ref = result.extras.get("reference")
-    if ref is not None:
+    if ref is not None and not sparse:
         row.update(_reference_columns(res, ref, present, soft.n))
     keys = {"run": part.run, "checkpoint": part.checkpoint, "split": part.split}
     classes = summ.classes_frame(class_names).with_columns(
@@ -91,7 +99,11 @@ def part_tables(
         pl.lit(temperature).alias("temperature"),
     )
     calib = summ.calibration.table if summ.calibration is not None else pl.DataFrame()
-    sim_long = _long_similarity(np.asarray(res.matrix), temperature)
+    sim_long = (
+        _long_from(res.top_entries(_table_top(k)), temperature)
+        if sparse
+        else _long_similarity(np.asarray(res.matrix), temperature)
+    )
     # How much of S the table holds: all of it up to SIMILARITY_TABLE_FULL_MAX_K classes.
     kept = np.bincount(sim_long["source"].to_numpy(), sim_long["weight"].to_numpy(), k)
     row["similarity_table_top"] = int(min(k - 1, _table_top(k)))
@@ -100,7 +112,7 @@ def part_tables(
         row=row,
         classes=with_keys(classes, keys),
         similarity=with_keys(sim_long, keys),
-        edges=with_keys(_edges(res, top_k, present, temperature), keys),
+        edges=with_keys(_edges(res, top_k, present, temperature, sparse), keys),
         calibration=with_keys(calib, keys) if calib.height else calib,
         tfit=result.tfit,
     )
@@ -162,7 +174,11 @@ def _long_similarity(s: np.ndarray, temperature: float) -> pl.DataFrame:
     would be K² rows: 25 M at K = 5,000, the largest thing analyze held)."""
     from kdlens.measures.similarity.matrix import top_entries
 
-    src, tgt, w = top_entries(s, _table_top(s.shape[0]))
+    return _long_from(top_entries(s, _table_top(s.shape[0])), temperature)
+
+
+def _long_from(entries: tuple[np.ndarray, np.ndarray, np.ndarray], temperature: float) -> Any:
+    src, tgt, w = entries
     return pl.DataFrame(
         {
             "source": src,
@@ -177,11 +193,16 @@ def _table_top(k: int) -> int:
     return k - 1 if k <= SIMILARITY_TABLE_FULL_MAX_K else min(SIMILARITY_TABLE_TOP, k - 1)
 
 
-def _edges(res: Any, top_k: int, present: np.ndarray, temperature: float) -> pl.DataFrame:
+def _edges(
+    res: Any, top_k: int, present: np.ndarray, temperature: float, sparse: bool = False
+) -> pl.DataFrame:
     from kdlens.measures.similarity import similarity_graph
 
     if top_k <= 0:
         return pl.DataFrame()
+    if sparse:
+        g = res.graph(top_k)
+        return g.with_columns(pl.lit(temperature).alias("temperature")) if g.height else g
     # Absent classes are NaN rows and columns of the estimate: the graph leaves them out
     # and keeps class indices, so no copy restricted to the present classes is needed.
     est = np.asarray(getattr(res, "estimate", res.matrix), np.float64)

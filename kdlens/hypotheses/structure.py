@@ -250,14 +250,16 @@ def _compute_analytic_null(
 
 
 def structure_test_from_result(
-    result: SimilarityResult, *, n_permutations: int = N_PERMUTATIONS, seed: int | None = 0
+    result: Any, *, n_permutations: int = N_PERMUTATIONS, seed: int | None = 0
 ) -> StructureTestResult:
     """The structure test on a streamed :class:`~kdlens.measures.similarity.SimilarityResult`.
 
     Uses the analytic (moment-matched) null, which needs only the per-class sums the
     accumulator keeps. Deterministic in ``seed``.
     """
-    if not isinstance(result, SimilarityResult):
+    from kdlens.measures.similarity.sparse import SparseSimilarityResult
+
+    if not isinstance(result, (SimilarityResult, SparseSimilarityResult)):
         raise InputError(f"expected a SimilarityResult, got {type(result).__name__}")
     b = check_positive_int(n_permutations, name="n_permutations")
     k = result.num_classes
