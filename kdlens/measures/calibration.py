@@ -230,13 +230,25 @@ def fit_temperature(
     return _compute_fit_temperature(z, y, (lo, hi))
 
 
+#: Above this K the fit's sample is bounded by values, not rows: 2,000 rows of K = 21,841
+#: are 175 MB per worker, several times over while merging and evaluating.
+_FIT_ROWS_MAX_K = 5000
+
+
+def _default_fit_rows(k: int) -> int:
+    """``max(2000, 2_000_000 // K)`` rows up to K = 5,000; above, 8 M logits (384 rows at
+    K = 21,841, at least 256)."""
+    return max(2000, 2_000_000 // k) if k <= _FIT_ROWS_MAX_K else max(256, (1 << 23) // k)
+
+
 class TemperatureFitAccumulator(Accumulator):
     """Keeps a bounded sample of labelled examples to fit a temperature on.
 
     The sample is the ``max_rows`` examples with the smallest hash of their
     example id, so it is the same whatever the order or chunking of the updates
     and merges (and is every example when the split is small). The default bound
-    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits). Rows labelled
+    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits) up to K = 5,000 and
+    8 M logits above (32 MiB: 384 rows at K = 21,841, at least 256). Rows labelled
     -1 (missing) are skipped and counted in ``n_unlabeled``.
     """
 
@@ -245,7 +257,7 @@ class TemperatureFitAccumulator(Accumulator):
         self.max_rows = (
             check_positive_int(max_rows, name="max_rows")
             if max_rows
-            else max(2000, 2_000_000 // self.num_classes)
+            else _default_fit_rows(self.num_classes)
         )
         self.n_unlabeled = 0
         self._prio = np.empty(0, np.uint64)
