@@ -33,12 +33,18 @@ _LABEL_KEYS = ("labels", "label", "y", "targets", "ground_truth")
 
 def read_array_file(
     path: Path, *, key: str | None = None, label_key: str | None = None
-) -> tuple[Any, Any]:
-    """An (N, K) array and optional labels from one input file, safely.
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load an (N, K) array and optional labels from one input file, safely."""
+    arr, lab = open_array_file(path, key=key, label_key=label_key)
+    return np.asarray(arr), (None if lab is None else np.asarray(lab))
 
-    ``.npy`` and ``.npz`` inputs come back as :class:`~kdlens.store.arraystream.RowArray`
-    (read by row ranges, or whole with ``np.asarray``); the other formats as ndarrays.
-    """
+
+def open_array_file(
+    path: Path, *, key: str | None = None, label_key: str | None = None
+) -> tuple[Any, Any]:
+    """As :func:`read_array_file`, but ``.npy`` and ``.npz`` inputs come back as
+    :class:`~kdlens.store.arraystream.RowArray` (read by row ranges, or whole with
+    ``np.asarray``): what ``kdlens import`` streams."""
     if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()

@@ -25,7 +25,7 @@ from kdlens._internal.names import path_component
 from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
 from kdlens.store.adding import read_existing
-from kdlens.store.arrays import _load_npy, read_array_file
+from kdlens.store.arrays import _load_npy, open_array_file, read_array_file
 from kdlens.store.arraystream import RowArray
 from kdlens.store.converting import LogitsConverter
 from kdlens.store.format import default_batch_rows
@@ -139,7 +139,7 @@ def import_files(
     # input has been read and written; on any failure `out` is as it was.
     with staged_dir(out) as stage:
         for path, name in zip(paths, names, strict=True):
-            arr, lab = read_array_file(path, key=key, label_key=label_key)
+            arr, lab = open_array_file(path, key=key, label_key=label_key)
             if shared_labels is not None:
                 lab = shared_labels
             n, kk = int(arr.shape[0]), int(arr.shape[1])
