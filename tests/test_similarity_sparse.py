@@ -98,3 +98,21 @@ def test_memory_guard_lets_the_bounded_path_through():
 
     resources.check_memory(21_841, 2)  # ImageNet-21k: sparse, no K x K state
     assert defaults.SIMILARITY_DENSE_MAX_K < 21_841 <= resources.SPARSE_MAX_K
+
+
+def test_capped_class_sums_keep_every_rows_mass(monkeypatch):
+    """Past the per-class cap the smallest sums move to the spread rest: memory is bounded
+    and each row of S still sums to 1 (what the cap's stated error rests on)."""
+    import kdlens.measures.similarity.sparse as sp
+
+    monkeypatch.setattr(sp, "SPARSE_ENTRIES", 0)
+    monkeypatch.setattr(sp, "_COALESCE", 50)
+    z, y = inputs.random_teacher(n=2000, k=100, seed=6, scale=2.0)
+    acc = sp.SparseSimilarityAccumulator(100, top=5)
+    for a in range(0, 2000, 100):
+        acc.update(z[a : a + 100], y[a : a + 100])
+    res = acc.finalize()
+    assert np.diff(res.sums.indptr).max() <= sp.CLASS_COLUMNS * 5
+    n = res.counts
+    row_mass = np.asarray(res.sums.sum(axis=1)).ravel() / n + res.background * 99
+    np.testing.assert_allclose(row_mass, 1.0, atol=1e-9)
