@@ -25,7 +25,8 @@ fewer than k entries there gets fewer edges. Memory: each class's sums keep at m
 ``max(2·top, 8 M / K)`` columns (384 at K = 21,841; when more appear, the smallest go to the
 spread rest), so nothing is K x K and nothing grows with N. That cap costs accuracy once a
 class's examples spread over more columns: capped at 512 columns at K = 1,000 (20 per class,
-64 entries each), SI was within 1.5 % (peaked) and 9 % (flat) instead of 0.15 % and 2 %. Superclass recovery and reference agreement need the dense matrix and are skipped.
+64 entries each), SI was within 1.5 % (peaked) and 9 % (flat) instead of 0.15 % and 2 %.
+Superclass recovery and reference agreement need the dense matrix and are skipped.
 """
 
 from __future__ import annotations
