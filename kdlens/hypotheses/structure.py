@@ -44,7 +44,13 @@ Two ways to draw the null (``method``):
     p-values are too large (conservative: a weak structure can be missed). The exact
     test is the reference there and ``"auto"`` picks it whenever it is affordable. The
     Gaussian null draws this replaced were off by −17, −3.4 and −39 sd (anti-conservative)
-    on those three peaked cases and by +0.3 to +1.2 sd on the others.
+    on those three peaked cases and by +0.3 to +1.2 sd on the others. At ImageNet's
+    validation shape (K = 1,000, 50 per class, logits ``3·N(0, 1)`` + 6 on the label, no
+    structure) 20 permutations gave a null of 0.672 ± 0.0005 nats; this null's mean is
+    0.896 (+419 sd: p-values far too large, a teacher must pass ~0.9 nats of SI to be called
+    structured) and the replaced Gaussian draws' was 0.550 (−230 sd: every teacher
+    significant). The gamma entries are more skewed than the mean of 50 peaked rows is; a
+    third moment per class (``Σ q³``) would fix the skew and is not kept yet.
 ``"auto"``
     ``"exact"`` when ``n·(K−1)·B ≤ 2·10⁷`` and the smallest class has fewer than 30
     examples or the data are small anyway; otherwise ``"analytic"``.
