@@ -27,6 +27,19 @@ SMALL_HELDOUT_N = 100
 SMALL_HELDOUT_PER_CLASS = 5
 #: Neighbours kept per class in the similarity ``edges`` table.
 TOP_K = 5
+#: analyze's ``similarity`` table holds every off-diagonal entry of S up to this K
+#: (K(K-1) rows: 4.2 M at 2,048); above it, each class's SIMILARITY_TABLE_TOP largest
+#: entries (exact values; each entry left out is at most the smallest kept one). The
+#: summary row states ``similarity_table_top`` (entries per class) and
+#: ``similarity_table_mass`` (mean share of a row of S the table holds; 1 when full).
+SIMILARITY_TABLE_FULL_MAX_K = 2048
+SIMILARITY_TABLE_TOP = 100
+#: Up to this K the class similarity is the exact dense K x K sums (200 MB per array at
+#: 5,000; analyze peaks at 1.26 GiB for 20,000 x 5,000); above it the bounded path of
+#: :mod:`kdlens.measures.similarity.sparse` keeps each example's SIMILARITY_SPARSE_TOP
+#: largest non-target probabilities exactly and spreads the rest evenly.
+SIMILARITY_DENSE_MAX_K = 5000
+SIMILARITY_SPARSE_TOP = 64
 
 #: Hypothesis tests.
 N_PERMUTATIONS = 1000

@@ -20,10 +20,15 @@ DEFAULT_LIMIT = 8 << 30
 ENV = "KDLENS_MEMORY_LIMIT"
 
 #: K x K float64 arrays held at the peak besides the accumulators: finishing the
-#: similarity (matrix, symmetrised copy, distances and the structure test's null) and the
-#: long similarity table (K*K rows of class, class, value). Measured at K = 5,000 (see
-#: the report of issue 10): about 10 K x K float64 arrays at the peak in all.
-FINISH_ARRAYS = 8
+#: similarity holds S, its estimate and one temporary (SI's terms, the affinity); the
+#: structure test's null, the similarity table (top entries above K = 2,048) and the
+#: graph work on O(K) or blocks of rows. Measured at K = 5,000 (tests/benchmarks/README.md):
+#: 1.26 GiB peak for 20,000 x 5,000 with two workers' sums (was 2.74 GiB with ~10 arrays).
+FINISH_ARRAYS = 3
+#: Up to this K the sparse similarity path is taken without an estimate (its per-class
+#: vectors and the temperature fit's 2,000-row sample stay below ~1 GiB); beyond it the
+#: dense estimate above still refuses (8 rows with K = 1,000,000: terabytes).
+SPARSE_MAX_K = 100_000
 
 
 def similarity_bytes(k: int, accumulators: int) -> int:
@@ -46,8 +51,10 @@ def memory_limit() -> int:
 
 def check_memory(k: int, accumulators: int) -> None:
     """Raise InputError if the similarity state of K classes would pass the limit."""
-    if accumulators <= 0:
-        return
+    from kdlens._internal.defaults import SIMILARITY_DENSE_MAX_K
+
+    if accumulators <= 0 or SIMILARITY_DENSE_MAX_K < k <= SPARSE_MAX_K:
+        return  # the similarity is sparse there: no K x K state (measures.similarity.sparse)
     need, limit = similarity_bytes(k, accumulators), memory_limit()
     if need > limit:
         raise InputError(

@@ -107,10 +107,10 @@ class _MeasureSet:
     """The soft-label (and optionally similarity) accumulators at one temperature."""
 
     def __init__(self, k: int, t: float, sim: bool, delta: float, n_bins: int) -> None:
-        from kdlens.measures.similarity import SimilarityAccumulator
+        from kdlens.measures.similarity import similarity_accumulator
 
         self.soft = SoftLabelAccumulator(k, temperature=t, oemc_delta=delta, n_bins=n_bins)
-        self.sim = SimilarityAccumulator(k, temperature=t) if sim else None
+        self.sim = similarity_accumulator(k, temperature=t) if sim else None
 
     def merge(self, other: _MeasureSet) -> None:
         self.soft.merge(other.soft)

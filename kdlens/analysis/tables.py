@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kdlens._internal.defaults import SIMILARITY_TABLE_FULL_MAX_K, SIMILARITY_TABLE_TOP
 from kdlens.errors import InputError
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.store.format import Part
@@ -78,10 +79,18 @@ def part_tables(
     row["instance_information"] = float(res.instance_information)
     row.update(_structure(res, n_permutations))
     present = summ.class_counts > 0
-    if sup is not None:
+    sparse = hasattr(res, "background")  # the bounded large-K similarity
+    row["similarity_method"] = f"sparse top-{res.top} per example" if sparse else "dense"
+    if sparse and (sup is not None or result.extras.get("reference") is not None):
+        warnings.warn(
+            f"{where}: K = {k:,} uses the bounded similarity path; superclass recovery and "
+            "reference agreement need the dense K x K matrix and are left out",
+            stacklevel=4,
+        )
+    if sup is not None and not sparse:
         row.update(_superclass(res, sup, present))
     ref = result.extras.get("reference")
-    if ref is not None:
+    if ref is not None and not sparse:
         row.update(_reference_columns(res, ref, present, soft.n))
     keys = {"run": part.run, "checkpoint": part.checkpoint, "split": part.split}
     classes = summ.classes_frame(class_names).with_columns(
@@ -90,11 +99,20 @@ def part_tables(
         pl.lit(temperature).alias("temperature"),
     )
     calib = summ.calibration.table if summ.calibration is not None else pl.DataFrame()
+    sim_long = (
+        _long_from(res.top_entries(_table_top(k)), temperature)
+        if sparse
+        else _long_similarity(np.asarray(res.matrix), temperature)
+    )
+    # How much of S the table holds: all of it up to SIMILARITY_TABLE_FULL_MAX_K classes.
+    kept = np.bincount(sim_long["source"].to_numpy(), sim_long["weight"].to_numpy(), k)
+    row["similarity_table_top"] = int(min(k - 1, _table_top(k)))
+    row["similarity_table_mass"] = float(kept[present].mean()) if present.any() else None
     return PartTables(
         row=row,
         classes=with_keys(classes, keys),
-        similarity=with_keys(_long_similarity(np.asarray(res.matrix), temperature), keys),
-        edges=with_keys(_edges(res, top_k, present, temperature), keys),
+        similarity=with_keys(sim_long, keys),
+        edges=with_keys(_edges(res, top_k, present, temperature, sparse), keys),
         calibration=with_keys(calib, keys) if calib.height else calib,
         tfit=result.tfit,
     )
@@ -136,6 +154,8 @@ def _structure(res: Any, n_permutations: int) -> dict[str, Any]:
         "structure_p_value": float(st.p_value),
         "structure_effect": float(st.effect_size),
         "structure_permutations": int(st.n_permutations),
+        # which null ran: "analytic" (closed-form moments, see kdlens.hypotheses.structure)
+        "structure_method": st.method,
         "structure_verdict": structure_verdict(st.p_value, st.normalized_effect, st.num_classes),
     }
 
@@ -149,36 +169,45 @@ def _superclass(res: Any, sup: np.ndarray, present: np.ndarray) -> dict[str, flo
 
 
 def _long_similarity(s: np.ndarray, temperature: float) -> pl.DataFrame:
-    k = s.shape[0]
-    src, tgt = np.divmod(np.arange(k * k), k)
-    off = src != tgt
-    w = s.reshape(-1)[off]
-    keep = ~np.isnan(w)  # rows of absent classes are NaN
+    """S in long form: every off-diagonal entry up to ``SIMILARITY_TABLE_FULL_MAX_K``
+    classes, else each class's ``SIMILARITY_TABLE_TOP`` largest entries (the full table
+    would be K² rows: 25 M at K = 5,000, the largest thing analyze held)."""
+    from kdlens.measures.similarity.matrix import top_entries
+
+    return _long_from(top_entries(s, _table_top(s.shape[0])), temperature)
+
+
+def _long_from(entries: tuple[np.ndarray, np.ndarray, np.ndarray], temperature: float) -> Any:
+    src, tgt, w = entries
     return pl.DataFrame(
         {
-            "source": src[off][keep].astype(np.int64),
-            "target": tgt[off][keep].astype(np.int64),
-            "weight": w[keep],
-            "temperature": np.full(int(keep.sum()), temperature),
+            "source": src,
+            "target": tgt,
+            "weight": w,
+            "temperature": np.full(w.size, temperature),
         }
     )
 
 
-def _edges(res: Any, top_k: int, present: np.ndarray, temperature: float) -> pl.DataFrame:
+def _table_top(k: int) -> int:
+    return k - 1 if k <= SIMILARITY_TABLE_FULL_MAX_K else min(SIMILARITY_TABLE_TOP, k - 1)
+
+
+def _edges(
+    res: Any, top_k: int, present: np.ndarray, temperature: float, sparse: bool = False
+) -> pl.DataFrame:
     from kdlens.measures.similarity import similarity_graph
 
-    k = present.shape[0]
     if top_k <= 0:
         return pl.DataFrame()
+    if sparse:
+        g = res.graph(top_k)
+        return g.with_columns(pl.lit(temperature).alias("temperature")) if g.height else g
+    # Absent classes are NaN rows and columns of the estimate: the graph leaves them out
+    # and keeps class indices, so no copy restricted to the present classes is needed.
     est = np.asarray(getattr(res, "estimate", res.matrix), np.float64)
-    idx = np.flatnonzero(present)
-    g = similarity_graph(_present(est, present), top_k=min(top_k, max(int(idx.size) - 1, 1)))
+    n_present = int(np.count_nonzero(present))
+    g = similarity_graph(est, top_k=min(top_k, max(n_present - 1, 1)))
     if g.height == 0:
         return g
-    if not present.all() or idx.size != k:
-        # Map back from positions among present classes to class indices.
-        g = g.with_columns(
-            pl.Series("source", idx[g["source"].to_numpy()].astype(np.int64)),
-            pl.Series("target", idx[g["target"].to_numpy()].astype(np.int64)),
-        )
     return g.with_columns(pl.lit(temperature).alias("temperature"))

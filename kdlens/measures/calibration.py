@@ -165,7 +165,14 @@ def reliability_table(
     return acc.update(logits, labels).finalize().table
 
 
+#: Above this many logits in the fit's sample (2,000 rows at K > 8,000) the NLL is
+#: evaluated in blocks of rows: three float64 copies of a 2,000 x 21,841 sample are 1 GB.
+_FIT_BLOCK_VALUES = 1 << 24
+
+
 def _compute_fit_temperature(z: np.ndarray, y: np.ndarray, bounds: tuple[float, float]) -> float:
+    if z.size > _FIT_BLOCK_VALUES:
+        return _fit_temperature_blocks(z, y, bounds)
     z64 = z.astype(np.float64)
     # NLL(T) = LSE(z / T) - z_y / T; with d = z - max(z) <= 0 the shift is exact for every T.
     m = z64.max(axis=1)
@@ -178,6 +185,28 @@ def _compute_fit_temperature(z: np.ndarray, y: np.ndarray, bounds: tuple[float, 
         np.multiply(d, inv_t, out=buf)
         np.exp(buf, out=buf)
         return float(np.mean(np.log(buf.sum(axis=1)) - dy * inv_t))
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = minimize_scalar(mean_nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def _fit_temperature_blocks(z: np.ndarray, y: np.ndarray, bounds: tuple[float, float]) -> float:
+    """:func:`_compute_fit_temperature` with O(block) float64 memory (same NLL)."""
+    step = max(1, (1 << 21) // max(z.shape[1], 1))
+    blocks = [(a, min(a + step, z.shape[0])) for a in range(0, z.shape[0], step)]
+
+    def mean_nll(log_t: float) -> float:
+        inv_t = float(np.exp(-log_t))
+        total = 0.0
+        for a, b in blocks:
+            d = z[a:b].astype(np.float64)
+            d -= d.max(axis=1, keepdims=True)
+            dy = d[np.arange(b - a), y[a:b]]
+            d *= inv_t
+            np.exp(d, out=d)
+            total += float(np.sum(np.log(d.sum(axis=1)) - dy * inv_t))
+        return total / z.shape[0]
 
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     res = minimize_scalar(mean_nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
@@ -201,13 +230,25 @@ def fit_temperature(
     return _compute_fit_temperature(z, y, (lo, hi))
 
 
+#: Above this K the fit's sample is bounded by values, not rows: 2,000 rows of K = 21,841
+#: are 175 MB per worker, several times over while merging and evaluating.
+_FIT_ROWS_MAX_K = 5000
+
+
+def _default_fit_rows(k: int) -> int:
+    """``max(2000, 2_000_000 // K)`` rows up to K = 5,000; above, 8 M logits (384 rows at
+    K = 21,841, at least 256)."""
+    return max(2000, 2_000_000 // k) if k <= _FIT_ROWS_MAX_K else max(256, (1 << 23) // k)
+
+
 class TemperatureFitAccumulator(Accumulator):
     """Keeps a bounded sample of labelled examples to fit a temperature on.
 
     The sample is the ``max_rows`` examples with the smallest hash of their
     example id, so it is the same whatever the order or chunking of the updates
     and merges (and is every example when the split is small). The default bound
-    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits). Rows labelled
+    is ``max(2000, 2_000_000 // K)`` rows (8 MiB of float32 logits) up to K = 5,000 and
+    8 M logits above (32 MiB: 384 rows at K = 21,841, at least 256). Rows labelled
     -1 (missing) are skipped and counted in ``n_unlabeled``.
     """
 
@@ -216,7 +257,7 @@ class TemperatureFitAccumulator(Accumulator):
         self.max_rows = (
             check_positive_int(max_rows, name="max_rows")
             if max_rows
-            else max(2000, 2_000_000 // self.num_classes)
+            else _default_fit_rows(self.num_classes)
         )
         self.n_unlabeled = 0
         self._prio = np.empty(0, np.uint64)

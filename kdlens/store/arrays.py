@@ -8,11 +8,14 @@ with torch's weights-only loader.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kdlens.errors import InputError
+from kdlens.store.arraystream import RowArray, open_npy, open_npz
 
 __all__ = ["read_array_file"]
 
@@ -32,6 +35,16 @@ def read_array_file(
     path: Path, *, key: str | None = None, label_key: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Load an (N, K) array and optional labels from one input file, safely."""
+    arr, lab = open_array_file(path, key=key, label_key=label_key)
+    return np.asarray(arr), (None if lab is None else np.asarray(lab))
+
+
+def open_array_file(
+    path: Path, *, key: str | None = None, label_key: str | None = None
+) -> tuple[Any, Any]:
+    """As :func:`read_array_file`, but ``.npy`` and ``.npz`` inputs come back as
+    :class:`~kdlens.store.arraystream.RowArray` (read by row ranges, or whole with
+    ``np.asarray``): what ``kdlens import`` streams."""
     if not path.is_file() and not path.is_dir():
         raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -44,17 +57,13 @@ def read_array_file(
         asked = [k for k in (key, label_key) if k is not None]
         return _pick(read_table(path, asked), path, key, label_key)
     if suffix == ".npy":
-        arr = _load_npy(path)
+        # Read by row ranges later (kdlens.store.arraystream): never loaded whole.
+        npy = open_npy(path)
         if label_key:
             raise InputError(f"{path}: a .npy holds one array; give `labels` as a file instead")
-        return _check_2d(arr, path), None
+        return _check_2d(npy, path), None
     if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                data = {k: npz[k] for k in npz.files}
-        except Exception as exc:  # zipfile and numpy raise several types
-            raise InputError(f"{path}: not a readable .npz ({exc})") from None
-        return _pick(data, path, key, label_key)
+        return _pick(open_npz(path), path, key, label_key)
     if suffix in (".pt", ".pth"):
         return _pick(_load_pt(path), path, key, label_key)
     if suffix in (".csv", ".tsv", ".txt"):
@@ -96,8 +105,8 @@ def _load_pt(path: Path) -> dict[str, np.ndarray]:
 
 
 def _pick(
-    data: dict[str, np.ndarray], path: Path, key: str | None, label_key: str | None
-) -> tuple[np.ndarray, np.ndarray | None]:
+    data: Mapping[str, np.ndarray | RowArray], path: Path, key: str | None, label_key: str | None
+) -> tuple[Any, Any]:
     keys = sorted(data)
     if key is not None:
         if key not in data:
@@ -161,7 +170,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _check_2d(arr: np.ndarray, path: Path) -> np.ndarray:
+def _check_2d(arr: Any, path: Path) -> Any:
     if arr.dtype.kind not in "fiu":
         raise InputError(f"{path}: array has dtype {arr.dtype}, expected numbers")
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] < 2:

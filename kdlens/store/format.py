@@ -35,6 +35,7 @@ __all__ = [
     "Part",
     "arrow_schema",
     "default_batch_rows",
+    "read_batch_rows",
 ]
 
 FORMAT_VERSION = "1.0"
@@ -66,6 +67,18 @@ def arrow_schema(num_classes: int) -> pa.Schema:
 
 def default_batch_rows(num_classes: int) -> int:
     return max(1024, _TARGET_ELEMENTS // max(num_classes, 1))
+
+
+#: Above this K a read batch holds a quarter of the elements (at least one row): each
+#: analysis worker keeps several float64 copies of a batch beside its K x K sums, and at
+#: K = 21,841 a 1,024-row group is 22 M values (179 MB per float64 copy).
+_LARGE_K = 2048
+
+
+def read_batch_rows(num_classes: int) -> int:
+    """Rows per read batch when the caller does not say (see :data:`_LARGE_K`)."""
+    k = max(num_classes, 1)
+    return default_batch_rows(k) if k <= _LARGE_K else max(1, (_TARGET_ELEMENTS // 4) // k)
 
 
 @dataclass(frozen=True)

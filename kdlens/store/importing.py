@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.special import logsumexp
 
 from kdlens._internal.atomic import staged_dir
 from kdlens._internal.lock import locked_output
@@ -27,7 +25,10 @@ from kdlens._internal.names import path_component
 from kdlens._internal.progress import as_progress
 from kdlens.errors import InputError
 from kdlens.store.adding import read_existing
-from kdlens.store.arrays import _load_npy, read_array_file
+from kdlens.store.arrays import _load_npy, open_array_file, read_array_file
+from kdlens.store.arraystream import RowArray
+from kdlens.store.converting import LogitsConverter
+from kdlens.store.format import default_batch_rows
 from kdlens.store.fs import StorePath, store_path
 from kdlens.store.hfformats import read_example_ids
 from kdlens.store.scan import scan_file
@@ -70,6 +71,7 @@ def import_files(
     batch_size: int | None = None,
     id_column: str | None = None,
     progress: Any = None,
+    chunk_rows: int | None = None,
 ) -> list[ImportedCheckpoint]:
     """Import each file as one checkpoint of one run into the store directory ``out``.
 
@@ -98,6 +100,10 @@ def import_files(
     prob_tol : rows of ``probs`` must sum to 1 within it (``log-probs``: logsumexp 0).
     epoch, batch_size : recorded on every imported checkpoint (the teacher's training
         epoch and batch size), so that recommend can map the grid.
+    chunk_rows : rows converted and written at a time (default: one row group of the
+        store, ``default_batch_rows(K)``). ``.npy``/``.npz`` inputs are read by row ranges
+        (:mod:`kdlens.store.arraystream`), so memory holds one block, whatever N; the
+        stored file does not depend on it (tested).
 
     A checkpoint file that exists gets ``split`` added when it does not hold that split
     yet (train and val logits from separate files); one that holds it is refused unless
@@ -133,22 +139,18 @@ def import_files(
     # input has been read and written; on any failure `out` is as it was.
     with staged_dir(out) as stage:
         for path, name in zip(paths, names, strict=True):
-            arr, lab = read_array_file(path, key=key, label_key=label_key)
+            arr, lab = open_array_file(path, key=key, label_key=label_key)
             if shared_labels is not None:
                 lab = shared_labels
-            z = _to_logits(arr, kind, path, prob_floor=prob_floor, prob_tol=prob_tol)
+            n, kk = int(arr.shape[0]), int(arr.shape[1])
             k = kept_k if kept_k is not None else (written[0].num_classes if written else None)
-            if k is not None and z.shape[1] != k:
-                raise InputError(f"{path}: K={z.shape[1]} but the store has K={k}")
-            if class_names is not None and len(class_names) != z.shape[1]:
-                raise InputError(f"{path}: {len(class_names)} class names but K={z.shape[1]}")
+            if k is not None and kk != k:
+                raise InputError(f"{path}: K={kk} but the store has K={k}")
+            if class_names is not None and len(class_names) != kk:
+                raise InputError(f"{path}: {len(class_names)} class names but K={kk}")
             if lab is not None:
-                lab = _check_labels(lab, z.shape, path)
-            ids = (
-                read_example_ids(path, id_column, z.shape[0])
-                if id_column
-                else np.arange(z.shape[0])
-            )
+                lab = _check_labels(lab, (n, kk), path)
+            ids = read_example_ids(path, id_column, n) if id_column else np.arange(n)
             config: dict[str, Any] = {"imported_from": str(path), "kind": kind}
             if kind == "probs":
                 config["prob_floor"] = prob_floor
@@ -156,7 +158,7 @@ def import_files(
             # An existing checkpoint gets this split added (rewritten with its old rows),
             # unless it holds the split already; `overwrite` replaces it.
             old = (
-                read_existing(dest, split=split, num_classes=z.shape[1])
+                read_existing(dest, split=split, num_classes=kk)
                 if (dest.exists() and not overwrite)
                 else None
             )
@@ -164,7 +166,7 @@ def import_files(
                 stage / run / f"{name}.parquet",
                 run=run,
                 checkpoint=name,
-                num_classes=z.shape[1],
+                num_classes=kk,
                 epoch=epoch if old is None or epoch is not None else old.epoch,
                 batch_size=batch_size if old is None or batch_size is not None else old.batch_size,
                 class_names=class_names or (old.meta.get("class_names") if old else None),
@@ -174,8 +176,9 @@ def import_files(
             ) as w:
                 if old is not None:
                     old.write_into(w)
-                w.write(z, split=split, labels=lab, example_ids=ids)
-            written.append(ImportedCheckpoint(path, dest, run, name, z.shape[0], z.shape[1]))
+                conv = LogitsConverter(kind, path, prob_floor=prob_floor, prob_tol=prob_tol)
+                _stream(w, arr, conv, split=split, labels=lab, ids=ids, rows=chunk_rows)
+            written.append(ImportedCheckpoint(path, dest, run, name, n, kk))
             prog.advance(task)
     return written
 
@@ -216,66 +219,34 @@ def _check_labels(lab: Any, shape: tuple[int, ...], path: Path) -> np.ndarray:
     return y
 
 
-def _to_logits(
-    arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, prob_tol: float
-) -> np.ndarray:
-    z = _logits_of(arr, kind, path, prob_floor=prob_floor, prob_tol=prob_tol)
-    finite = np.isfinite(z).all(axis=1)
-    if not finite.all():
-        i = int(np.argmin(finite))
-        src = np.asarray(arr[i], dtype=np.float64)
-        why = (
-            "NaN or Inf in the input"
-            if not np.isfinite(src).all()
-            else "values beyond the float32 range (about 3.4e38)"
-        )
-        raise InputError(
-            f"{path}: {int((~finite).sum())} rows would store non-finite logits "
-            f"(first at row {i}: {why}); a store holds finite float32 logits"
-        )
-    return z
-
-
-def _logits_of(
-    arr: np.ndarray, kind: str, path: Path, *, prob_floor: float, prob_tol: float
-) -> np.ndarray:
-    x = arr.astype(np.float64)
-    if kind == "logits":
-        finite = np.isfinite(x).all()
-        if finite and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=prob_tol):
-            warnings.warn(
-                f"{path}: every row lies in [0, 1] and sums to 1: these look like "
-                "probabilities; use `kind=probs` unless they really are logits",
-                stacklevel=4,
+def _stream(
+    w: CheckpointWriter,
+    arr: Any,
+    conv: LogitsConverter,
+    *,
+    split: str,
+    labels: np.ndarray | None,
+    ids: np.ndarray,
+    rows: int | None,
+) -> None:
+    """Convert and write ``arr`` one block of rows at a time (one row group per block by
+    default), so memory holds one block, never the whole input."""
+    n = int(arr.shape[0])
+    step = max(1, rows or default_batch_rows(int(arr.shape[1])))
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        block = arr.rows(start, stop) if isinstance(arr, RowArray) else arr[start:stop]
+        z = conv.convert(block, start)
+        if z is not None:
+            w.write(
+                z,
+                split=split,
+                labels=None if labels is None else labels[start:stop],
+                example_ids=ids[start:stop],
             )
-        with np.errstate(over="ignore"):  # overflow to Inf is refused by the caller
-            return x.astype(np.float32)
-    if kind == "probs":
-        if np.isnan(x).any() or (x < 0).any() or (x > 1 + prob_tol).any():
-            raise InputError(f"{path}: probabilities must lie in [0, 1]; are these logits?")
-        sums = x.sum(axis=1)
-        off = np.abs(sums - 1.0) > prob_tol
-        if off.any():
-            i = int(np.flatnonzero(off)[0])
-            raise InputError(
-                f"{path}: {int(off.sum())} rows do not sum to 1 within {prob_tol} "
-                f"(row {i} sums to {sums[i]:.6g}); are these logits?"
-            )
-        return np.log(np.maximum(x, prob_floor)).astype(np.float32)
-    # log-probs: -inf is a zero probability; give it the same stated floor
-    if np.isnan(x).any() or (x == np.inf).any():
-        raise InputError(f"{path}: log-probabilities contain NaN or +inf")
-    x = np.maximum(x, np.log(prob_floor))
-    lse = logsumexp(x, axis=1)
-    off = np.abs(lse) > prob_tol
-    if off.any():
-        i = int(np.flatnonzero(off)[0])
-        raise InputError(
-            f"{path}: {int(off.sum())} rows are not normalised log-probabilities "
-            f"(row {i}: logsumexp = {lse[i]:.6g}); use `kind=logits`?"
-        )
-    with np.errstate(over="ignore"):
-        return x.astype(np.float32)
+    if isinstance(arr, RowArray):
+        arr.close()
+    conv.finish()
 
 
 def _read_label_file(path: Path) -> np.ndarray:

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 
 from kdlens.errors import StoreError
-from kdlens.store.format import Batch, FileInfo, Part, default_batch_rows
+from kdlens.store.format import Batch, FileInfo, Part, read_batch_rows
 from kdlens.store.fs import StorePath, open_parquet
 from kdlens.store.scan import resolve_files, scan_file
 
@@ -123,7 +123,7 @@ class LogitsStore:
         and the first such example id (every measure indexes by the label);
         ``check_labels=False`` hands them out as they are (``validate`` counts them).
         """
-        rows = batch_rows or default_batch_rows(self.num_classes)
+        rows = batch_rows or read_batch_rows(self.num_classes)
         for part in self.find(run, checkpoint, split):
             try:
                 yield from self._part_batches(part, rows, check_labels)

@@ -51,6 +51,8 @@ ARI 0.63: the CIFAR-100 superclasses are partly semantic, not visual, so an ARI 
 0.7 from one model's test logits looks out of reach for per-class-sum estimates.
 """
 
+from typing import Any
+
 from kdlens.measures.similarity.graph import (
     cluster_classes,
     similarity_graph,
@@ -73,10 +75,28 @@ from kdlens.measures.similarity.matrix import (
     similarity_information,
     similarity_matrix,
 )
+from kdlens.measures.similarity.sparse import (
+    SparseSimilarityAccumulator,
+    SparseSimilarityResult,
+)
+
+
+def similarity_accumulator(num_classes: int, *, temperature: float = 1.0) -> Any:
+    """The accumulator analyze uses: dense and exact up to ``SIMILARITY_DENSE_MAX_K``
+    classes, the bounded :class:`SparseSimilarityAccumulator` above (see its module)."""
+    from kdlens._internal.defaults import SIMILARITY_DENSE_MAX_K
+
+    if int(num_classes) > SIMILARITY_DENSE_MAX_K:
+        return SparseSimilarityAccumulator(num_classes, temperature=temperature)
+    return SimilarityAccumulator(num_classes, temperature=temperature)
+
 
 __all__ = [
     "SimilarityAccumulator",
     "SimilarityResult",
+    "SparseSimilarityAccumulator",
+    "SparseSimilarityResult",
+    "similarity_accumulator",
     "similarity_matrix",
     "similarity_information",
     "instance_information",

@@ -50,28 +50,60 @@ def similarity_graph(
     if threshold is not None and not math.isfinite(float(threshold)):
         raise InputError(f"threshold must be finite, got {threshold}")
     k = m.shape[0]
-    W = _symmetric_affinity(m)
     present = ~np.isnan(m).all(axis=1)
-    keep = np.zeros((k, k), bool)
-    if top_k is not None:
-        kk = min(int(top_k), k - 1)
-        Wm = np.where(present[None, :] & ~np.eye(k, dtype=bool), W, -np.inf)
-        order = np.argsort(-Wm, axis=1, kind="stable")[:, :kk]
-        rows = np.repeat(np.arange(k), kk)
-        keep[rows, order.ravel()] = True
-        keep &= np.isfinite(Wm)
-        keep |= keep.T
-    else:
-        keep[:] = True
-    if threshold is not None:
-        keep &= W >= float(threshold)
-    keep &= present[:, None] & present[None, :]
-    keep &= np.triu(np.ones((k, k), bool), 1)
-    src, dst = np.nonzero(keep)
+    kk = min(int(top_k), k - 1) if top_k is not None else None
+    thr = float(threshold) if threshold is not None else None
+    src_l, dst_l, w_l = [], [], []
+    # Blocks of rows of W = (S + Sᵀ)/2: memory O(block x K), never a K x K temporary.
+    step = max(1, (1 << 21) // k)
+    for a in range(0, k, step):
+        rows = np.arange(a, min(a + step, k))
+        W = _symmetric_affinity_rows(m, rows)
+        ok = present[rows][:, None] & present[None, :]
+        ok[np.arange(rows.size), rows] = False
+        pick = ok if kk is None else _top_mask(np.where(ok, W, -np.inf), kk)
+        if thr is not None:
+            pick &= W >= thr
+        r, c = np.nonzero(pick)
+        src_l.append(rows[r])
+        dst_l.append(c)
+        w_l.append(W[r, c])
+    src, dst, w = (np.concatenate(x) for x in (src_l, dst_l, w_l))
+    # An edge kept by either end (the top-k union); each pair once, smaller class first.
+    lo, hi = np.minimum(src, dst), np.maximum(src, dst)
+    pairs = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)[1]
     df = pl.DataFrame(
-        {"source": src.astype(np.int64), "target": dst.astype(np.int64), "weight": W[src, dst]}
+        {
+            "source": lo[pairs].astype(np.int64),
+            "target": hi[pairs].astype(np.int64),
+            "weight": w[pairs].astype(np.float64),
+        }
     )
+    if thr is not None and kk is not None:
+        df = df.filter(pl.col("weight") >= thr)
     return df.sort(["weight", "source", "target"], descending=[True, False, False])
+
+
+def _symmetric_affinity_rows(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` of :func:`_symmetric_affinity` (m) without forming all of it."""
+    W = m[rows] + m[:, rows].T
+    W *= 0.5
+    np.nan_to_num(W, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    W[np.arange(rows.size), rows] = 0.0
+    return W
+
+
+def _top_mask(Wm: np.ndarray, kk: int) -> np.ndarray:
+    """Per row, the ``kk`` largest finite entries, ties taken in index order (what a
+    stable argsort of ``-Wm`` would take), as a boolean mask."""
+    if kk >= Wm.shape[1]:
+        return np.isfinite(Wm)
+    cut = -np.partition(-Wm, kk - 1, axis=1)[:, kk - 1 : kk]  # each row's kk-th largest
+    above = Wm > cut
+    tied = Wm == cut
+    need = kk - above.sum(axis=1, keepdims=True)
+    take = above | (tied & (np.cumsum(tied, axis=1) <= need))
+    return take & np.isfinite(Wm)
 
 
 def cluster_classes(S: Any, *, n_clusters: int, method: str = "average") -> np.ndarray:

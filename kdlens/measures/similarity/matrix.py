@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_matrix
 from scipy.special import log_softmax, xlogy
 
 from kdlens._internal.accumulator import Accumulator
@@ -160,10 +159,18 @@ class SimilarityAccumulator(Accumulator):
         k = self.num_classes
         n = labels.shape[0]
         self.counts += np.bincount(labels, minlength=k)
-        # Class sums as a sparse (K, n) indicator times (n, K): O(nK), where a dense
-        # indicator product would be O(nK^2).
-        onehot = csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
-        self.q_sum += onehot @ q
+        # Class sums of the batch's rows, added into the classes present: O(nK) work and
+        # O(nK) memory (a sparse indicator product returned a dense K x K temporary:
+        # 200 MB per batch and worker at K = 5,000).
+        order = np.argsort(labels, kind="stable")
+        # Sub-blocks of ~4 M values bound the temporaries (gathered rows, their class
+        # sums, the rows of q_sum they add to) to ~100 MB whatever the batch.
+        step = max(1, (1 << 22) // max(k, 1))
+        for a in range(0, n, step):
+            o = order[a : a + step]
+            ys = labels[o]
+            starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+            self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
         return self
@@ -237,10 +244,11 @@ def _nanmean(a: np.ndarray) -> float:
 def _si_rows(S: np.ndarray) -> np.ndarray:
     """KL(S[c] ‖ uniform over K−1) per row, ignoring the diagonal; NaN rows stay NaN."""
     k = S.shape[0]
-    off = ~np.eye(k, dtype=bool)
     with np.errstate(invalid="ignore"):
-        terms = np.where(off, xlogy(S, S), 0.0)
+        terms = xlogy(S, S)  # one K x K temporary; the diagonal is 0 or NaN already
+        np.fill_diagonal(terms, np.where(np.isnan(np.diagonal(S)), np.nan, 0.0))
         si = terms.sum(axis=1) + math.log(k - 1)
+        del terms
     si = np.where(np.isnan(S).any(axis=1), np.nan, np.maximum(si, 0.0))
     # An exactly uniform row gives |si| ~ 1e-16 from rounding: report 0.
     return np.where(np.abs(si) < 1e-13, 0.0, si)
@@ -248,23 +256,57 @@ def _si_rows(S: np.ndarray) -> np.ndarray:
 
 def _compute_estimate(S: np.ndarray) -> np.ndarray:
     """Degree-normalised symmetrised similarity ``D^{-1/2} W D^{-1/2}``
-    (:mod:`kdlens.measures.similarity`)."""
+    (:mod:`kdlens.measures.similarity`). Built in place: one K x K array besides ``S``
+    (at K = 5,000 each temporary is 200 MB)."""
     present = ~np.isnan(S).all(axis=1)
-    W = _symmetric_affinity(S)
-    d = W.sum(axis=1)
+    E = _symmetric_affinity(S)
+    d = E.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         inv = np.where(d > 0, 1.0 / np.sqrt(d), 0.0)
-    E = W * inv[:, None] * inv[None, :]
+    E *= inv[:, None]
+    E *= inv[None, :]
     E[~present, :] = np.nan
     E[:, ~present] = np.nan
     return E
 
 
 def _symmetric_affinity(S: np.ndarray) -> np.ndarray:
-    W = 0.5 * (S + S.T)
-    W = np.where(np.isfinite(W), W, 0.0)
+    W = np.add(S, S.T)
+    W *= 0.5
+    np.nan_to_num(W, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.fill_diagonal(W, 0.0)
     return W
+
+
+def top_entries(S: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(source, target, weight)`` of each present row's ``top`` largest off-diagonal
+    entries (all K − 1 when ``top >= K − 1``), by row then target (ties at the cut are
+    broken by numpy's partition). Works on blocks of rows, so it holds O(block x K)."""
+    k = S.shape[0]
+    top = max(0, min(int(top), k - 1))
+    out: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    step = max(1, (1 << 22) // max(k, 1))
+    for a in range(0, k, step):
+        blk = np.array(S[a : a + step], np.float64)
+        rows = np.arange(a, a + blk.shape[0])
+        blk[np.arange(blk.shape[0]), rows] = -np.inf  # the diagonal is never an entry
+        keep = ~np.isnan(blk).any(axis=1)  # absent classes have NaN rows
+        blk, rows = blk[keep], rows[keep]
+        idx: np.ndarray
+        if top == 0:
+            idx = np.zeros((blk.shape[0], 0), np.int64)
+        elif top < k - 1:
+            idx = np.argpartition(-blk, top - 1, axis=1)[:, :top]
+        else:
+            idx = np.broadcast_to(np.arange(k), blk.shape)
+        idx = np.sort(idx, axis=1)
+        w = np.take_along_axis(blk, idx, axis=1)
+        ok = np.isfinite(w)  # drops the diagonal's -inf
+        src = np.broadcast_to(rows[:, None], idx.shape)[ok]
+        out.append((src.astype(np.int64), idx[ok].astype(np.int64), w[ok]))
+    if not out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return tuple(np.concatenate(c) for c in zip(*out, strict=True))  # type: ignore[return-value]
 
 
 def _accumulate(logits: Any, labels: Any, temperature: float) -> SimilarityAccumulator:
