@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csr_matrix
+from scipy.sparse import csc_matrix
 from scipy.special import log_softmax, xlogy
 
 from kdlens._internal.accumulator import Accumulator
@@ -161,8 +161,9 @@ class SimilarityAccumulator(Accumulator):
         n = labels.shape[0]
         self.counts += np.bincount(labels, minlength=k)
         # Class sums as a sparse (K, n) indicator times (n, K): O(nK), where a dense
-        # indicator product would be O(nK^2).
-        onehot = csr_matrix((np.ones(n), (labels, np.arange(n))), shape=(k, n))
+        # indicator product would be O(nK^2). Built column-wise (one entry per example,
+        # at its label): no sort or duplicate check, the same sums in the same order.
+        onehot = csc_matrix((np.ones(n), labels, np.arange(n + 1)), shape=(k, n))
         self.q_sum += onehot @ q
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
