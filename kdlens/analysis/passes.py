@@ -176,7 +176,9 @@ class _PartAccumulators:
                 del core, tg
         if z.shape[0] <= step:
             return {t: p[0] for t, p in parts.items()}
-        return {t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]} for t, ps in parts.items()}
+        return {
+            t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]} for t, ps in parts.items()
+        }
 
     def merge(self, other: _PartAccumulators) -> _PartAccumulators:
         for t, ms in self.sets.items():
