@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdlens._internal.progress import as_progress
-from kdlens._internal.resources import check_memory
+from kdlens._internal.resources import check_memory, reuse_freed_memory
 from kdlens.errors import InputError
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.measures.core import _cores_for
@@ -245,6 +245,22 @@ def run_pass(
     # Each worker holds a K x K similarity accumulator per temperature that wants one.
     sims = max((sum(p.temperatures.values()) for p in plans), default=0)
     check_memory(k, sims * (_WORKERS if sink is None else 1))
+    reuse_freed_memory()
+    return _run_plans(st, plans, k, delta, n_bins, check, batch_rows, prog, task, sink)
+
+
+def _run_plans(
+    st: LogitsStore,
+    plans: Sequence[PartPlan],
+    k: int,
+    delta: float,
+    n_bins: int,
+    check: CheckOptions,
+    batch_rows: int | None,
+    prog: Any,
+    task: Any,
+    sink: RowSink | None,
+) -> list[PartResult]:
     out: list[PartResult] = []
     for plan in plans:
         part = plan.part
