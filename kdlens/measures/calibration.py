@@ -230,6 +230,7 @@ class TemperatureFitAccumulator(Accumulator):
         # The fit per bounds, cleared when the sample changes: analyze and recommend
         # finish from the same accumulator in one pass and must not fit it twice.
         self._fits: dict[tuple[float, float], float] = {}
+        self._nlls: dict[float, float] = {}
 
     @property
     def n(self) -> int:
@@ -298,7 +299,7 @@ class TemperatureFitAccumulator(Accumulator):
     def _add(self, prio: np.ndarray, ids: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
         self._pending.append((prio, ids, z, y.astype(np.int64)))
         self._n_pending += prio.shape[0]
-        self._fits = {}
+        self._fits, self._nlls = {}, {}
         if self._n_pending > self.max_rows:
             self._compact()
 
@@ -326,4 +327,8 @@ class TemperatureFitAccumulator(Accumulator):
         """Mean NLL of the retained sample at ``temperature`` (NaN when it is empty)."""
         if self.n == 0 or not np.isfinite(temperature):
             return float("nan")
-        return nll_loss(self._z, self._y, temperature=temperature)
+        # Cached beside the fits: analyze and recommend ask for the same NLLs in one pass.
+        key = float(temperature)
+        if key not in self._nlls:
+            self._nlls[key] = nll_loss(self._z, self._y, temperature=temperature)
+        return self._nlls[key]
