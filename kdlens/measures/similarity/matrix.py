@@ -159,12 +159,21 @@ class SimilarityAccumulator(Accumulator):
         """
         k = self.num_classes
         n = labels.shape[0]
-        self.counts += np.bincount(labels, minlength=k)
-        # Class sums as a sparse (K, n) indicator times (n, K): O(nK), where a dense
-        # indicator product would be O(nK^2). Built column-wise (one entry per example,
-        # at its label): no sort or duplicate check, the same sums in the same order.
-        onehot = csc_matrix((np.ones(n), labels, np.arange(n + 1)), shape=(k, n))
-        self.q_sum += onehot @ q
+        counts = np.bincount(labels, minlength=k)
+        self.counts += counts
+        # Class sums as a sparse (classes present, n) indicator times (n, K): O(nK), where
+        # a dense indicator product would be O(nK^2). Built column-wise (one entry per
+        # example, at its class's row): no sort or duplicate check, the same sums in the
+        # same order. Only the classes present get a row, so a small batch at a large K
+        # does not build and add a K x K product that is mostly zeros.
+        present = counts > 0
+        u = int(np.count_nonzero(present))
+        row = labels if u == k else (np.cumsum(present) - 1)[labels]
+        onehot = csc_matrix((np.ones(n), row, np.arange(n + 1)), shape=(u, n))
+        if u == k:
+            self.q_sum += onehot @ q
+        else:
+            self.q_sum[present] += onehot @ q
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
         return self
