@@ -33,7 +33,7 @@ class _Core:
         # float64 z / T (float32 -> float64 is exact and division by T > 0 is monotone):
         # half the memory read of a float64 maximum, the same bits.
         m = z.max(axis=1, keepdims=True).astype(np.float64)
-        x = np.empty(z.shape, np.float64)
+        x: np.ndarray = np.empty(z.shape, np.float64)
         if temperature != 1.0:
             np.divide(z, temperature, out=x, dtype=np.float64)  # cast and divide in one pass
             m /= temperature
