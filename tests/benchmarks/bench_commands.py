@@ -180,6 +180,8 @@ def _summary(
             "ratio_to_analyze": round(r["wall"] / base["wall"], 3),
             "cpu_s": round(r["cpu"], 2),
             "cpu_ratio_to_analyze": round(r["cpu"] / base["cpu"], 3),
+            # Every repeat's CPU seconds, in run order (the spread shows the load).
+            "cpu_runs": [round(x["cpu"], 2) for x in runs[(tree, name)]],
             "exit_code": r["rc"],
             "last_line": r["tail"][:120],
         }
@@ -192,14 +194,14 @@ def _print(out: dict[str, Any], commands: dict[str, Any], tree: Path | None) -> 
         print(f"-- with kdlens from {tree}")
     print(
         f"{'command':<10} {'wall s':>8} {'/ analyze':>10} {'cpu s':>8} {'/ analyze':>10} "
-        f"{'peak GiB':>9}  rc  last line"
+        f"{'peak GiB':>9}  rc  cpu s of each run"
     )
     for name in commands:
         r = out[name]
         print(
             f"{name:<10} {r['wall_s']:>8.2f} {r['ratio_to_analyze']:>10.3f} "
             f"{r['cpu_s']:>8.2f} {r['cpu_ratio_to_analyze']:>10.3f} "
-            f"{r['peak_rss_gib']:>9.2f} {r['exit_code']:>3}  {r['last_line']}"
+            f"{r['peak_rss_gib']:>9.2f} {r['exit_code']:>3}  {r['cpu_runs']}"
         )
 
 
