@@ -88,3 +88,20 @@ def test_temperature_sample_is_bounded_and_small_splits_are_used_whole():
     full = TemperatureFitAccumulator(5).update(z, y, ids)
     assert full.n == 1000
     assert full.finalize() == pytest.approx(fit_temperature(z, y), rel=1e-9)
+
+
+def test_temperature_sample_is_the_smallest_hashes_whatever_the_batches():
+    """Batches of every size (smaller and larger than the bound, candidates kept pending
+    between merges) give exactly the rows with the smallest (hash, id), in that order."""
+    from kdlens._internal.hashing import splitmix64
+
+    z, y = inputs.random_teacher(n=3000, k=4)
+    ids = np.random.default_rng(3).permutation(3000).astype(np.int64) * 5
+    acc = TemperatureFitAccumulator(4, max_rows=120)
+    for lo, hi in [(0, 1), (1, 8), (8, 500), (500, 530), (530, 2990), (2990, 3000)]:
+        acc.update(z[lo:hi], y[lo:hi], ids[lo:hi])
+    want = np.lexsort((ids, splitmix64(ids)))[:120]
+    got_ids, got_z, got_y = acc.sample
+    np.testing.assert_array_equal(got_ids, ids[want])
+    np.testing.assert_array_equal(got_z, z[want].astype(np.float32))
+    np.testing.assert_array_equal(got_y, y[want])

@@ -575,3 +575,17 @@ def test_store_and_analyze_summary_agree(tmp_path):
         b["similarity_information_transfer"].to_numpy(),
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (2, 200), (7, 50), (40, 3)])
+def test_bootstrap_ranks_equal_scipys_average_ranks(shape: tuple[int, int]) -> None:
+    """The ranks of the score replicates are scipy.stats.rankdata's (average ties, -inf
+    for a missing score) without importing scipy.stats."""
+    from kdlens.recommend.score import _ranks_desc
+
+    rng = np.random.default_rng(sum(shape))
+    for sb in (rng.standard_normal(shape), rng.integers(0, 3, shape).astype(np.float64)):
+        sb[rng.random(shape) < 0.2] = -np.inf
+        np.testing.assert_array_equal(
+            _ranks_desc(sb), stats.rankdata(-sb, axis=0, method="average")
+        )

@@ -475,3 +475,15 @@ def test_small_k_graph_labels_every_class(sections: Any) -> None:
     graph = next(s for s in secs if s.key == "graph").chart.to_dict()
     labelled = {r["label"] for r in _chart_data(graph) if r.get("label")}
     assert labelled == set(NAMES)
+
+
+def test_similarity_class_names_map_to_indices_and_an_unknown_name_is_named():
+    from types import SimpleNamespace
+
+    from kdlens.report.sections import _class_index
+
+    data = SimpleNamespace(class_names=["cat", "dog", "emu"])
+    col = pl.Series(["emu", "cat", "dog", "emu"], dtype=pl.Categorical)
+    np.testing.assert_array_equal(_class_index(col, data), [2, 0, 1, 2])
+    with pytest.raises(InputError, match="'yak'"):
+        _class_index(pl.Series(["cat", "yak"]), data)

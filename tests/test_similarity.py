@@ -281,3 +281,30 @@ def test_no_warning_when_all_classes_present():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _result(z, y)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 40),
+    seed=st.integers(0, 2**32 - 1),
+    decimals=st.sampled_from([1, 2, None]),
+    data=st.data(),
+)
+def test_average_linkage_labels_equal_scikit_learns(
+    n: int, seed: int, decimals: int | None, data: st.DataObject
+) -> None:
+    """cluster_classes builds scikit-learn's average-linkage labels itself (importing
+    sklearn.cluster costs more than a report's charts): the same labels, bit for bit,
+    ties (rounded matrices) included."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    from kdlens.measures.similarity.graph import _average_linkage_labels
+
+    nc = data.draw(st.integers(1, n))
+    a = np.random.default_rng(seed).random((n, n))
+    if decimals is not None:
+        a = np.round(a, decimals)
+    d = (a + a.T).max() - (a + a.T) / 2
+    np.fill_diagonal(d, 0.0)
+    ref = AgglomerativeClustering(n_clusters=nc, metric="precomputed", linkage="average")
+    np.testing.assert_array_equal(_average_linkage_labels(d, nc), ref.fit_predict(d))

@@ -11,10 +11,16 @@ above the limit: ``KDLENS_MEMORY_LIMIT`` (bytes, or with a K/M/G/T suffix), else
 from __future__ import annotations
 
 import os
+import sys
+from typing import Any
 
 from kdlens.errors import InputError
 
 __all__: list[str] = []
+
+# glibc mallopt(3) parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_REUSING = False
 
 DEFAULT_LIMIT = 8 << 30
 ENV = "KDLENS_MEMORY_LIMIT"
@@ -80,3 +86,38 @@ def _parse(text: str) -> int:
         return int(float(t))
     except ValueError:
         raise InputError(f"{ENV}={text!r}: not a size (bytes, or e.g. 8G)") from None
+
+
+def reuse_freed_memory() -> None:
+    """Let the C allocator keep and reuse freed blocks (glibc; elsewhere a no-op). Once per
+    process, when the first pass starts.
+
+    The per-batch kernel and the finishing fits allocate and free the same MB-sized
+    float64 temporaries thousands of times. glibc serves blocks of that size with fresh
+    ``mmap`` pages, or returns them to the system from the top of the heap, so every
+    temporary is page-faulted in again: measured at 1,000,000 x 100, more than half of
+    ``analyze``'s page faults and ~15% of its CPU time. From then on blocks up to 32 MiB
+    come from the heap and freed memory stays with the process for reuse (up to 256 MiB
+    at the top of the heap). Python's own small objects are not affected.
+    """
+    global _REUSING
+    if _REUSING:
+        return
+    _REUSING = True
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+
+
+def _glibc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    # glibc only: musl's mallopt does nothing.
+    return libc if hasattr(libc, "gnu_get_libc_version") else None

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdlens._internal.progress import as_progress
-from kdlens._internal.resources import check_memory
+from kdlens._internal.resources import check_memory, reuse_freed_memory
 from kdlens.errors import InputError
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.measures.core import _cores_for
@@ -44,6 +44,8 @@ __all__ = ["CheckOptions", "Extra", "PartPlan", "PartResult", "merge_plans", "ru
 #: the GIL, so two workers (this project's machines have two cores) roughly halve
 #: the compute; their accumulators merge exactly.
 _WORKERS = 2
+#: Logits per slice of a batch in the per-example kernel (2 MiB per float64 temporary).
+_SLICE_ELEMENTS = 1 << 18
 
 
 class Extra(Protocol):
@@ -132,26 +134,51 @@ class _PartAccumulators:
     def update(self, b: Batch) -> dict[float, dict[str, np.ndarray]]:
         """Add one batch; returns its per-example columns per temperature."""
         z, y = b.logits, b.labels.astype(np.int64)
-        out: dict[float, dict[str, np.ndarray]] = {}
-        # T = 1 beside an integer T (analysis and ranking in one report) shares one
-        # exponential pass; formed before the similarity sums consume ``core.e`` in place.
-        shared = _cores_for(z, list(self.sets))
+        out = self._columns(z, y)
         for i, (t, ms) in enumerate(self.sets.items()):
-            cols, core, tg, _ = _per_example_core(z, y, t, self.delta, shared.pop(t, None))
-            out[t] = cols
-            ms.soft.update_arrays(cols, y)
+            ms.soft.update_arrays(out[t], y)
             for ex in self.extras.values():
                 if ex.temperature == t or (ex.temperature is None and i == 0):
-                    ex.update(b, cols)
-            if ms.sim is not None:
-                _add_similarity(ms.sim, z, y, core, tg)
-            del core, tg
+                    ex.update(b, out[t])
         if not self.sets:
             for ex in self.extras.values():
                 ex.update(b, {})
         if self.tfit is not None:
             self.tfit.update(z, y, b.example_ids)
         return out
+
+    def _columns(self, z: np.ndarray, y: np.ndarray) -> dict[float, dict[str, np.ndarray]]:
+        """The per-example columns of a batch at every temperature, and its similarity sums.
+
+        The (n, K) float64 work runs on slices of about :data:`_SLICE_ELEMENTS` logits:
+        its half-dozen temporaries then stay in the processor's cache and are reused by
+        the allocator, where whole-batch temporaries (tens of MB each) are fresh pages
+        for every operation. The columns are joined per batch, so the accumulators above
+        see the batch as one.
+        """
+        if not self.sets:
+            return {}
+        prediction = np.argmax(z, axis=1)  # the same at every T > 0: once per batch
+        step = max(1, _SLICE_ELEMENTS // max(z.shape[1], 1))
+        parts: dict[float, list[dict[str, np.ndarray]]] = {t: [] for t in self.sets}
+        for lo in range(0, z.shape[0], step):
+            zs, ys, ps = z[lo : lo + step], y[lo : lo + step], prediction[lo : lo + step]
+            # T = 1 beside an integer T (analysis and ranking in one report) shares one
+            # exponential pass; formed before the similarity sums consume ``core.e`` in place.
+            shared = _cores_for(zs, list(self.sets))
+            for t, ms in self.sets.items():
+                cols, core, tg, _ = _per_example_core(
+                    zs, ys, t, self.delta, shared.pop(t, None), ps
+                )
+                parts[t].append(cols)
+                if ms.sim is not None:
+                    _add_similarity(ms.sim, zs, ys, core, tg)
+                del core, tg
+        if z.shape[0] <= step:
+            return {t: p[0] for t, p in parts.items()}
+        return {
+            t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]} for t, ps in parts.items()
+        }
 
     def merge(self, other: _PartAccumulators) -> _PartAccumulators:
         for t, ms in self.sets.items():
@@ -218,6 +245,22 @@ def run_pass(
     # Each worker holds a K x K similarity accumulator per temperature that wants one.
     sims = max((sum(p.temperatures.values()) for p in plans), default=0)
     check_memory(k, sims * (_WORKERS if sink is None else 1))
+    reuse_freed_memory()
+    return _run_plans(st, plans, k, delta, n_bins, check, batch_rows, prog, task, sink)
+
+
+def _run_plans(
+    st: LogitsStore,
+    plans: Sequence[PartPlan],
+    k: int,
+    delta: float,
+    n_bins: int,
+    check: CheckOptions,
+    batch_rows: int | None,
+    prog: Any,
+    task: Any,
+    sink: RowSink | None,
+) -> list[PartResult]:
     out: list[PartResult] = []
     for plan in plans:
         part = plan.part
@@ -257,7 +300,7 @@ def _iter_checked(
     for b in st.prefetch_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows):
         advance(len(b))
         rows += len(b)
-        finite = np.isfinite(b.logits).all(axis=1)
+        finite = _finite_rows(b.logits)
         nbad = int(finite.size - np.count_nonzero(finite))
         if nbad:
             if first_bad is None:
@@ -295,6 +338,21 @@ def _iter_checked(
             f"{', '.join(label_needers())} need labels (pass `use_predicted_labels=True` "
             "to use the teacher's top-1 prediction instead)"
         )
+
+
+def _finite_rows(z: np.ndarray) -> np.ndarray:
+    """Which rows hold only finite values, (n,) bool.
+
+    A row sum is NaN or infinite whenever the row holds a NaN or an infinity, and a finite
+    row's sum overflows only at extreme magnitudes: summing (one read, no (n, K) mask)
+    and checking just the rows whose sum is not finite gives the exact answer.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(z.sum(axis=1))
+    if not finite.all():
+        odd = np.flatnonzero(~finite)
+        finite[odd] = np.isfinite(z[odd]).all(axis=1)
+    return finite
 
 
 def _run_workers(

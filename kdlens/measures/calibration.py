@@ -264,18 +264,25 @@ class TemperatureFitAccumulator(Accumulator):
         self._ids = np.empty(0, np.int64)
         self._z = np.empty((0, self.num_classes), np.float32)
         self._y = np.empty(0, np.int64)
+        # Candidates not yet merged into the sample: merging (a sort and a copy of the
+        # whole sample) runs once they outnumber it, not on every batch.
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._n_pending = 0
         # The fit per bounds, cleared when the sample changes: analyze and recommend
         # finish from the same accumulator in one pass and must not fit it twice.
         self._fits: dict[tuple[float, float], float] = {}
+        self._nlls: dict[float, float] = {}
 
     @property
     def n(self) -> int:
+        self._compact()
         return int(self._ids.shape[0])
 
     @property
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The retained sample: (example ids, float32 logits, labels), for re-evaluating
         the fit (bootstrap refits) without copying it."""
+        self._compact()
         return self._ids, self._z, self._y
 
     @property
@@ -297,9 +304,10 @@ class TemperatureFitAccumulator(Accumulator):
         self.n_unlabeled += int(keep.size - np.count_nonzero(keep))
         ids = example_ids[keep]
         prio = splitmix64(ids)
-        if self.n >= self.max_rows:
+        cut = self._cutoff(prio)
+        if cut is not None:
             # Only rows that can enter the sample are copied.
-            sel = prio <= self._prio.max()
+            sel = prio <= cut
             if not sel.any():
                 return self
             keep = np.flatnonzero(keep)[sel]
@@ -308,22 +316,48 @@ class TemperatureFitAccumulator(Accumulator):
         self._add(prio, ids, z.astype(np.float32, copy=False), labels[keep])
         return self
 
+    def _cutoff(self, prio: np.ndarray) -> np.uint64 | None:
+        """The largest priority of ``prio`` that can still enter the sample (None: any).
+
+        A row is out when ``max_rows`` others rank strictly before it: those of a full
+        sample (priority above its maximum), or of the batch itself.
+        """
+        cuts = []
+        if self._ids.shape[0] >= self.max_rows:
+            cuts.append(self._prio.max())
+        if prio.shape[0] > self.max_rows:
+            cuts.append(np.partition(prio, self.max_rows - 1)[self.max_rows - 1])
+        return min(cuts) if cuts else None
+
     def _merge(self, other: TemperatureFitAccumulator) -> None:
         self.n_unlabeled += other.n_unlabeled
-        self._add(other._prio, other._ids, other._z, other._y)
+        self._add(*other._state())
+
+    def _state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self._compact()
+        return self._prio, self._ids, self._z, self._y
 
     def _add(self, prio: np.ndarray, ids: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
-        prio = np.concatenate([self._prio, prio])
-        ids = np.concatenate([self._ids, ids])
+        self._pending.append((prio, ids, z, y.astype(np.int64)))
+        self._n_pending += prio.shape[0]
+        self._fits, self._nlls = {}, {}
+        if self._n_pending > self.max_rows:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Merge the pending candidates into the sample: the ``max_rows`` smallest
+        (priority, id), in that order (a stable sort: the same whatever the batching)."""
+        if not self._pending:
+            return
+        parts = [(self._prio, self._ids, self._z, self._y), *self._pending]
+        self._pending, self._n_pending = [], 0
+        prio, ids, z, y = (np.concatenate([p[i] for p in parts]) for i in range(4))
         order = np.lexsort((ids, prio))[: self.max_rows]
-        self._z = np.concatenate([self._z, z])[order]
-        self._y = np.concatenate([self._y, y.astype(np.int64)])[order]
-        self._prio, self._ids = prio[order], ids[order]
-        self._fits = {}
+        self._prio, self._ids, self._z, self._y = prio[order], ids[order], z[order], y[order]
 
     def finalize(self, *, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
         """The fitted temperature, NaN when the sample holds no labelled example."""
-        if self.n == 0:
+        if self.n == 0:  # (merges the pending candidates)
             return float("nan")
         key = (float(bounds[0]), float(bounds[1]))
         if key not in self._fits:
@@ -334,4 +368,8 @@ class TemperatureFitAccumulator(Accumulator):
         """Mean NLL of the retained sample at ``temperature`` (NaN when it is empty)."""
         if self.n == 0 or not np.isfinite(temperature):
             return float("nan")
-        return nll_loss(self._z, self._y, temperature=temperature)
+        # Cached beside the fits: analyze and recommend ask for the same NLLs in one pass.
+        key = float(temperature)
+        if key not in self._nlls:
+            self._nlls[key] = nll_loss(self._z, self._y, temperature=temperature)
+        return self._nlls[key]

@@ -21,29 +21,58 @@ class _Core:
     """Intermediates of one log-softmax pass, reused by every quantity.
 
     ``x = z / T - max(z / T)`` (so ``x <= 0`` and the row maximum is 0),
-    ``e = exp(x)``, ``s = sum(e)``; ``log p = x - log s``.
+    ``e = exp(x)``, ``s = sum(e)``; ``log p = x - log s``. ``s`` and ``log s`` are formed
+    when first read: :class:`_Target` sets them from its non-target sums, so a pass that
+    forms a target does not sum ``e`` twice.
     """
 
-    __slots__ = ("x", "e", "s", "log_s", "ex", "temperature")
+    __slots__ = ("x", "e", "_s", "_log_s", "ex", "temperature", "log_s1")
 
     def __init__(self, z: np.ndarray, temperature: float) -> None:
-        x = np.array(z, dtype=np.float64, copy=True)
+        # The row maximum of the float32 logits, divided by T, is the maximum of the
+        # float64 z / T (float32 -> float64 is exact and division by T > 0 is monotone):
+        # half the memory read of a float64 maximum, the same bits.
+        m = z.max(axis=1, keepdims=True).astype(np.float64)
+        x: np.ndarray = np.empty(z.shape, np.float64)
         if temperature != 1.0:
-            x /= temperature
-        x -= x.max(axis=1, keepdims=True)
-        e = np.exp(x)
-        self.x, self.e, self.temperature = x, e, temperature
-        self.s = e.sum(axis=1)
-        self.log_s = np.log(self.s)
+            np.divide(z, temperature, out=x, dtype=np.float64)  # cast and divide in one pass
+            m /= temperature
+        else:
+            x[...] = z
+        x -= m
+        self.x, self.temperature = x, temperature
+        self.e = np.exp(x)
+        self._s: np.ndarray | None = None
+        self._log_s: np.ndarray | None = None
         self.ex: np.ndarray | None = None  # sum(e * x) per row, filled when needed
+        #: the T = 1 normaliser ``log sum exp(z - max z)``, when formed beside this core
+        self.log_s1: np.ndarray | None = None
+
+    @property
+    def s(self) -> np.ndarray:
+        if self._s is None:
+            self._s = self.e.sum(axis=1)
+        return self._s
+
+    @s.setter
+    def s(self, value: np.ndarray) -> None:
+        self._s, self._log_s = value, None
+
+    @property
+    def log_s(self) -> np.ndarray:
+        if self._log_s is None:
+            self._log_s = np.log(self.s)
+        return self._log_s
+
+    @log_s.setter
+    def log_s(self, value: np.ndarray) -> None:
+        self._log_s = value
 
     @classmethod
     def _from_shifted(cls, x: np.ndarray, e: np.ndarray, temperature: float) -> _Core:
         core = cls.__new__(cls)
         core.x, core.e, core.temperature = x, e, temperature
-        core.s = e.sum(axis=1)
-        core.log_s = np.log(core.s)
-        core.ex = None
+        core._s = core._log_s = core.ex = core.log_s1 = None
         return core
 
     def at_one(self) -> _Core:
@@ -53,10 +82,13 @@ class _Core:
         index for every T > 0), so a few multiplies replace a second copy, shift and
         exponential pass. For a power-of-two T the shifted logits are bit-identical to a
         direct T = 1 pass and ``e ** T`` is within a few ulps of ``exp``; both underflow
-        to 0 at the same place.
+        to 0 at the same place. Sets this core's :attr:`log_s1` on the way (the squarings
+        are shared with it: the same bits as :func:`_log_s_at_one`).
         """
         t = int(self.temperature)
-        return _Core._from_shifted(self.x * t, _power(self.e, t), 1.0)
+        e1, row_sum = _power_and_row_sum(self.e, t)
+        self.log_s1 = np.log(row_sum)
+        return _Core._from_shifted(self.x * t, e1, 1.0)
 
     def entropy(self) -> np.ndarray:
         if self.ex is None:
@@ -163,12 +195,26 @@ def _power(e: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _row_sum_power(e: np.ndarray, n: int) -> np.ndarray:
-    """``sum_j e_ij ** n`` per row, the last squaring folded into a row-wise dot product."""
+def _power_and_row_sum(e: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``e ** n`` (a new array, n >= 2) and :func:`_row_sum_power` ``(e, n)``, sharing the
+    squarings: the same bits as the two functions called apart."""
     half = _power(e, n // 2)
+    row_sum = _row_sum_power_from(half, e, n)
+    out = np.multiply(half, half, out=None if half is e else half)
+    if n % 2:
+        out *= e
+    return out, row_sum
+
+
+def _row_sum_power_from(half: np.ndarray, e: np.ndarray, n: int) -> np.ndarray:
     if n % 2:
         return np.einsum("ij,ij,ij->i", half, half, e)
     return np.einsum("ij,ij->i", half, half)
+
+
+def _row_sum_power(e: np.ndarray, n: int) -> np.ndarray:
+    """``sum_j e_ij ** n`` per row, the last squaring folded into a row-wise dot product."""
+    return _row_sum_power_from(_power(e, n // 2), e, n)
 
 
 def _log_s_at_one(core: _Core) -> np.ndarray:
@@ -181,6 +227,8 @@ def _log_s_at_one(core: _Core) -> np.ndarray:
     t = core.temperature
     if t == 1.0:
         return core.log_s
+    if core.log_s1 is not None:
+        return core.log_s1
     if _derivable(t):
         return np.log(_row_sum_power(core.e, int(t)))
     return np.log(np.exp(core.x * t).sum(axis=1))

@@ -245,17 +245,26 @@ def _compute_per_example(
 
 
 def _per_example_core(
-    z: np.ndarray, y: np.ndarray, temperature: float, delta: float, core: _Core | None = None
+    z: np.ndarray,
+    y: np.ndarray,
+    temperature: float,
+    delta: float,
+    core: _Core | None = None,
+    prediction: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], _Core, _Target, np.ndarray]:
     """:func:`_compute_per_example` plus its intermediates (for the similarity sums)
     and the labels it used (the prediction where ``y`` is -1). ``core``: a core of ``z`` at
-    ``temperature`` already formed (:func:`kdlens.measures.core._cores_for`)."""
+    ``temperature`` already formed (:func:`kdlens.measures.core._cores_for`);
+    ``prediction``: ``argmax(z, axis=1)`` already formed (it does not depend on T)."""
     n, k = z.shape
     if core is None:
         core = _Core(z, temperature)
     missing = y < 0
     any_missing = bool(missing.any())
-    prediction = np.argmax(core.x, axis=1)  # argmax is invariant to T > 0
+    if prediction is None:
+        # The first index of the row maximum: the same on z as on the shifted x at any
+        # T > 0 (x is 0 exactly where z / T equals its maximum), and float32 is half the read.
+        prediction = np.argmax(z, axis=1)
     y_safe = np.where(missing, prediction, y) if any_missing else y
     tg = _Target(core, y_safe)
     h = core.entropy()

@@ -218,10 +218,21 @@ def _bootstrap_summaries(
 
 
 def _ranks_desc(sb: np.ndarray) -> np.ndarray:
-    """Rank (1 = best) of each row in every column; ties get the average rank."""
-    from scipy.stats import rankdata
+    """Rank (1 = best) of each row in every column; ties get the average rank.
 
-    return rankdata(-sb, axis=0, method="average")
+    ``scipy.stats.rankdata(-sb, axis=0, method="average")`` without NaN (the caller maps
+    them to -inf): the rank is the mean of the first and last position of the value in
+    the sorted column. Written out because importing ``scipy.stats`` costs more CPU
+    than the rest of the recommendation (tests/test_recommend.py checks the agreement).
+    """
+    v = -np.asarray(sb, dtype=np.float64)
+    s = np.sort(v, axis=0)
+    out = np.empty(v.shape, np.float64)
+    for j in range(v.shape[1]):
+        lo = np.searchsorted(s[:, j], v[:, j], side="left")
+        hi = np.searchsorted(s[:, j], v[:, j], side="right")
+        out[:, j] = (lo + hi + 1) / 2.0
+    return out
 
 
 def fit_notes(frame: pl.DataFrame) -> list[str]:

@@ -77,11 +77,11 @@ def write_store(root: Path, checkpoints: int, n_train: int, n_val: int, k: int) 
     return store
 
 
-def run(cmd: list[str]) -> dict[str, Any]:
-    """Wall time and peak RSS of one command in its own process."""
+def run(cmd: list[str], tree: Path = REPO) -> dict[str, Any]:
+    """Wall time and peak RSS of one command in its own process, with kdlens from ``tree``."""
     with tempfile.TemporaryFile() as log:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=_env())
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tree, env=_env(tree))
         _, status, ru = os.wait4(proc.pid, 0)  # this child's own rusage
         wall = time.perf_counter() - t0
         log.seek(0)
@@ -95,9 +95,9 @@ def run(cmd: list[str]) -> dict[str, Any]:
     }
 
 
-def _env() -> dict[str, str]:
+def _env(tree: Path = REPO) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
     env["COLUMNS"] = "100"
     return env
 
@@ -108,6 +108,13 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: temp)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each command (median)")
     ap.add_argument("--keep", action="store_true", help="keep the generated store")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="also run the commands with kdlens from this tree (e.g. `git archive` of a "
+        "baseline), interleaved with this one's, on the same store",
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="kdlens-bench-", dir=a.dir))
@@ -122,13 +129,13 @@ def main() -> None:
             "recommend": [*py, "recommend", str(store)],
             "report": [*py, "report", str(store), "-o", str(scratch / "report.html")],
         }
-        results: dict[str, dict[str, Any]] = {}
-        for name, cmd in commands.items():
-            runs = [run(cmd) for _ in range(a.repeats)]
-            runs.sort(key=lambda r: r["wall"])
-            results[name] = runs[len(runs) // 2]
-        base = results["analyze"]["wall"]
-        out = {
+        trees = [REPO] + ([a.compare.resolve()] if a.compare else [])
+        runs: dict[tuple[Path, str], list[dict[str, Any]]] = {}
+        for _ in range(a.repeats):  # interleaved, so load changes hit every tree alike
+            for tree in trees:
+                for name, cmd in commands.items():
+                    runs.setdefault((tree, name), []).append(run(cmd, tree))
+        meta = {
             "store": a.store,
             "checkpoints": ck,
             "train_rows": n_train,
@@ -136,41 +143,66 @@ def main() -> None:
             "num_classes": k,
             "store_written_s": round(made, 1),
             "repeats": a.repeats,
-            **{
-                name: {
-                    "wall_s": round(r["wall"], 2),
-                    "peak_rss_gib": round(r["rss_gib"], 2),
-                    "ratio_to_analyze": round(r["wall"] / base, 3),
-                    "cpu_s": round(r["cpu"], 2),
-                    "cpu_ratio_to_analyze": round(r["cpu"] / results["analyze"]["cpu"], 3),
-                    "exit_code": r["rc"],
-                    "last_line": r["tail"][:120],
-                }
-                for name, r in results.items()
-            },
         }
+        outs = {tree: _summary(runs, tree, commands) for tree in trees}
         if a.json:
-            print(json.dumps(out))
+            print(
+                json.dumps(
+                    {**meta, **outs[REPO], "compare": outs[trees[1]] if len(trees) > 1 else {}}
+                )
+            )
         else:
             print(
                 f"store {a.store}: {ck} checkpoint(s) x ({n_train:,} train + {n_val:,} val) x K={k}"
             )
-            print(
-                f"{'command':<10} {'wall s':>8} {'/ analyze':>10} {'cpu s':>8} {'/ analyze':>10} "
-                f"{'peak GiB':>9}  rc  last line"
-            )
-            for name in commands:
-                r = out[name]
-                print(
-                    f"{name:<10} {r['wall_s']:>8.2f} {r['ratio_to_analyze']:>10.3f} "
-                    f"{r['cpu_s']:>8.2f} {r['cpu_ratio_to_analyze']:>10.3f} "
-                    f"{r['peak_rss_gib']:>9.2f} {r['exit_code']:>3}  {r['last_line']}"
-                )
+            for tree in trees:
+                _print(outs[tree], commands, None if tree == REPO else tree)
     finally:
         if not a.keep:
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             print(f"kept {scratch}", file=sys.stderr)
+
+
+def _summary(
+    runs: dict[tuple[Path, str], list[dict[str, Any]]], tree: Path, commands: dict[str, Any]
+) -> dict[str, Any]:
+    """Median (by wall time) run of each command of one tree, with ratios to its analyze."""
+    results = {}
+    for name in commands:
+        rs = sorted(runs[(tree, name)], key=lambda r: r["wall"])
+        results[name] = rs[len(rs) // 2]
+    base = results["analyze"]
+    return {
+        name: {
+            "wall_s": round(r["wall"], 2),
+            "peak_rss_gib": round(r["rss_gib"], 2),
+            "ratio_to_analyze": round(r["wall"] / base["wall"], 3),
+            "cpu_s": round(r["cpu"], 2),
+            "cpu_ratio_to_analyze": round(r["cpu"] / base["cpu"], 3),
+            # Every repeat's CPU seconds, in run order (the spread shows the load).
+            "cpu_runs": [round(x["cpu"], 2) for x in runs[(tree, name)]],
+            "exit_code": r["rc"],
+            "last_line": r["tail"][:120],
+        }
+        for name, r in results.items()
+    }
+
+
+def _print(out: dict[str, Any], commands: dict[str, Any], tree: Path | None) -> None:
+    if tree is not None:
+        print(f"-- with kdlens from {tree}")
+    print(
+        f"{'command':<10} {'wall s':>8} {'/ analyze':>10} {'cpu s':>8} {'/ analyze':>10} "
+        f"{'peak GiB':>9}  rc  cpu s of each run"
+    )
+    for name in commands:
+        r = out[name]
+        print(
+            f"{name:<10} {r['wall_s']:>8.2f} {r['ratio_to_analyze']:>10.3f} "
+            f"{r['cpu_s']:>8.2f} {r['cpu_ratio_to_analyze']:>10.3f} "
+            f"{r['peak_rss_gib']:>9.2f} {r['exit_code']:>3}  {r['cpu_runs']}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ node-link, Parquet edge list)."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
@@ -141,8 +142,6 @@ def cluster_classes(S: Any, *, n_clusters: int, method: str = "average") -> np.n
 
 
 def _compute_clusters(m: np.ndarray, idx: np.ndarray, nc: int, method: str, k: int) -> np.ndarray:
-    from sklearn.cluster import AgglomerativeClustering, SpectralClustering
-
     out = np.full(k, -1, np.int64)
     if nc == idx.size:
         out[idx] = np.arange(nc)
@@ -152,13 +151,53 @@ def _compute_clusters(m: np.ndarray, idx: np.ndarray, nc: int, method: str, k: i
         return out
     W = _symmetric_affinity(m[np.ix_(idx, idx)])
     if method == "spectral":
+        from sklearn.cluster import SpectralClustering
+
         model = SpectralClustering(n_clusters=nc, affinity="precomputed", random_state=0)
         out[idx] = model.fit_predict(W)
         return out
     D = W.max() - W
     np.fill_diagonal(D, 0.0)
-    agg = AgglomerativeClustering(n_clusters=nc, metric="precomputed", linkage="average")
-    out[idx] = agg.fit_predict(D)
+    out[idx] = _average_linkage_labels(D, nc)
+    return out
+
+
+def _average_linkage_labels(D: np.ndarray, nc: int) -> np.ndarray:
+    """Labels of scikit-learn's ``AgglomerativeClustering(n_clusters=nc,
+    metric="precomputed", linkage="average").fit_predict(D)``, bit for bit.
+
+    scikit-learn builds that tree with :func:`scipy.cluster.hierarchy.linkage` on the
+    condensed matrix and cuts it into ``nc`` clusters by splitting the newest merge first;
+    both steps are taken here directly, because importing ``sklearn.cluster`` costs
+    more CPU than a whole report's charts (tests/test_similarity.py checks the agreement).
+    """
+    from scipy.cluster.hierarchy import linkage
+
+    n = D.shape[0]
+    i, j = np.triu_indices(n, k=1)
+    children = linkage(D[i, j], method="average").astype(np.intp)[:, :2]
+    # Undo the nc - 1 newest merges, keeping the roots on a heap of negated node numbers
+    # (scikit-learn's ``_hc_cut``: the clusters are numbered in the heap's list order).
+    heap = [-(2 * n - 2)]
+    for _ in range(nc - 1):
+        left, right = children[-heap[0] - n]
+        heapq.heappush(heap, -int(left))
+        heapq.heappushpop(heap, -int(right))
+    labels = np.zeros(n, np.int64)
+    for number, node in enumerate(heap):
+        labels[_leaves(-node, children, n)] = number
+    return labels
+
+
+def _leaves(node: int, children: np.ndarray, n: int) -> list[int]:
+    """The leaves under ``node`` of a linkage tree with ``n`` leaves."""
+    stack, out = [node], []
+    while stack:
+        v = stack.pop()
+        if v < n:
+            out.append(v)
+        else:
+            stack.extend(int(c) for c in children[v - n])
     return out
 
 

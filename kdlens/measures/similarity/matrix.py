@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csc_matrix
 from scipy.special import log_softmax, xlogy
 
 from kdlens._internal.accumulator import Accumulator
@@ -29,6 +30,9 @@ __all__ = [
     "similarity_information",
     "similarity_matrix",
 ]
+
+#: Largest class-sum temporary (values) built in one step: 4 M float64 = 32 MB.
+_PRODUCT_VALUES = 1 << 22
 
 
 def _nontarget_logq(z: np.ndarray, y: np.ndarray, temperature: float) -> np.ndarray:
@@ -158,19 +162,32 @@ class SimilarityAccumulator(Accumulator):
         """
         k = self.num_classes
         n = labels.shape[0]
-        self.counts += np.bincount(labels, minlength=k)
-        # Class sums of the batch's rows, added into the classes present: O(nK) work and
-        # O(nK) memory (a sparse indicator product returned a dense K x K temporary:
-        # 200 MB per batch and worker at K = 5,000).
-        order = np.argsort(labels, kind="stable")
-        # Sub-blocks of ~4 M values bound the temporaries (gathered rows, their class
-        # sums, the rows of q_sum they add to) to ~100 MB whatever the batch.
-        step = max(1, (1 << 22) // max(k, 1))
-        for a in range(0, n, step):
-            o = order[a : a + step]
-            ys = labels[o]
-            starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
-            self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)
+        counts = np.bincount(labels, minlength=k)
+        self.counts += counts
+        present = counts > 0
+        u = int(np.count_nonzero(present))
+        if u * k <= _PRODUCT_VALUES:
+            # Class sums as a sparse (classes present, n) indicator times (n, K): O(nK),
+            # where a dense indicator product would be O(nK^2). Built column-wise (one
+            # entry per example, at its class's row): no sort or duplicate check. Only the
+            # classes present get a row, so a small batch at a large K stays small.
+            row = labels if u == k else (np.cumsum(present) - 1)[labels]
+            onehot = csc_matrix((np.ones(n), row, np.arange(n + 1)), shape=(u, n))
+            if u == k:
+                self.q_sum += onehot @ q
+            else:
+                self.q_sum[present] += onehot @ q
+        else:
+            # At large K that product is a dense u x K temporary (200 MB per batch and
+            # worker at K = 5,000): sum sorted rows in sub-blocks of ~4 M values instead,
+            # which bounds the temporaries (gathered rows, their class sums) to ~100 MB.
+            order = np.argsort(labels, kind="stable")
+            step = max(1, _PRODUCT_VALUES // max(k, 1))
+            for a in range(0, n, step):
+                o = order[a : a + step]
+                ys = labels[o]
+                starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
+                self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
         return self
