@@ -308,3 +308,24 @@ def test_average_linkage_labels_equal_scikit_learns(
     np.fill_diagonal(d, 0.0)
     ref = AgglomerativeClustering(n_clusters=nc, metric="precomputed", linkage="average")
     np.testing.assert_array_equal(_average_linkage_labels(d, nc), ref.fit_predict(d))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), k=st.integers(2, 12))
+def test_class_sums_agree_between_the_product_and_the_blocked_path(seed, n, k):
+    # Small batches at small K take the sparse product; large K the sorted sub-blocks.
+    # Both must give the same class sums (to rounding), whichever classes are present.
+    from kdlens.measures.similarity import matrix
+
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, k)).astype(np.float32)
+    y = rng.integers(0, max(1, k // 2), size=n)  # some classes absent
+    product = SimilarityAccumulator(k).update(z, y)
+    old = matrix._PRODUCT_VALUES
+    matrix._PRODUCT_VALUES = 1  # every batch takes the blocked path, one row per block
+    try:
+        blocked = SimilarityAccumulator(k).update(z, y)
+    finally:
+        matrix._PRODUCT_VALUES = old
+    np.testing.assert_array_equal(product.counts, blocked.counts)
+    np.testing.assert_allclose(product.q_sum, blocked.q_sum, rtol=1e-12, atol=1e-15)
