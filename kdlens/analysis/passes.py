@@ -308,14 +308,14 @@ def _sink_part(
 
 
 def _run_workers(
-    batches: Iterator[Batch], make: Callable[[], _PartAccumulators], threads: int
+    batches: Iterator[Batch], make: Callable[[], _PartAccumulators], n_threads: int
 ) -> _PartAccumulators:
     """Deal batches to :data:`_WORKERS` slots in turn (batch i to slot i mod n), run by
-    ``threads`` threads (1 or one per slot), and merge the slots in order, so the result
+    ``n_threads`` threads (1 or one per slot), and merge the slots in order, so the result
     depends neither on timing nor on the number of threads."""
     workers = _WORKERS
     accs = [make() for _ in range(workers)]
-    if threads == 1:
+    if n_threads == 1:
         for i, b in enumerate(batches):
             accs[i % workers].update(b)
         for other in accs[1:]:
