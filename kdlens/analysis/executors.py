@@ -134,9 +134,28 @@ def running(spec: EngineSpec) -> Iterator[Runner]:
             yield _Windowed(pool.submit, 2 * spec.workers)
     else:
         with _dask_client(spec) as client:
+            _warm(client, spec)
             workers = max(1, sum(client.nthreads().values()))
             # pure=False: a task's key is fresh, its (large) arguments are never hashed.
             yield _Windowed(lambda fn, *a: client.submit(fn, *a, pure=False), 2 * workers)
+
+
+def _import_pass() -> None:
+    import kdlens.analysis.passes  # noqa: F401
+
+
+def _warm(client: Any, spec: EngineSpec) -> None:
+    """Import the pass on every worker at once (not on each one's first task), which
+    also finds workers that cannot import kdlens before any task is sent."""
+    try:
+        client.run(_import_pass)
+    except Exception as exc:
+        where = f"`scheduler` {spec.scheduler!r}" if spec.scheduler else "the local cluster"
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(
+            f"{where}: a worker cannot import kdlens ({type(exc).__name__}: {reason}); "
+            "install kdlens where the workers run"
+        ) from exc
 
 
 @contextlib.contextmanager
