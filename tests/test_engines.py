@@ -140,9 +140,12 @@ def test_a_task_split_does_not_change_the_results(store: Path, monkeypatch) -> N
     )
 
 
-def test_a_refusal_names_the_first_bad_row_whichever_task_finds_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--workers", "2"]], ids=["local", "workers2"])
+def test_a_refusal_names_the_first_bad_row_whichever_task_finds_it(
+    tmp_path: Path, extra: list[str]
+) -> None:
     src = _write(tmp_path / "nan", nan_at=450)  # in the part's second task
-    res = runner.invoke(app, ["analyze", str(src), "-o", str(tmp_path / "o"), "-q"])
+    res = runner.invoke(app, ["analyze", str(src), "-o", str(tmp_path / "o"), "-q", *extra])
     assert res.exit_code == 2
     assert "3 rows hold NaN/Inf" not in res.stderr  # one row per part
     assert "1 rows hold NaN/Inf logits (first example_id 450)" in res.stderr

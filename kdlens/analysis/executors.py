@@ -177,6 +177,10 @@ def _pool(workers: int) -> Iterator[Any]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: glibc's settings that keep freed memory for reuse in the workers of kdlens's LocalCluster.
+_MALLOC = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+
+
 @contextlib.contextmanager
 def _dask_client(spec: EngineSpec) -> Iterator[Any]:
     try:
@@ -187,16 +191,23 @@ def _dask_client(spec: EngineSpec) -> Iterator[Any]:
         ) from exc
     import logging
 
+    import dask
+
     if spec.scheduler is None:
+        # Dask's workers return freed memory to the system at once (MALLOC_TRIM_THRESHOLD_
+        # of 64 KiB), so every batch's arrays were page-faulted in anew: tasks took 1.5x
+        # as long here (tests/benchmarks/README.md). Memory stays bounded by the batch.
+        heap = {f"distributed.nanny.pre-spawn-environ.{k}": 1 << 30 for k in _MALLOC}
         # 127.0.0.1 only: nothing outside this machine can reach the cluster; no dashboard.
-        cluster = distributed.LocalCluster(
-            n_workers=spec.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        )
+        with dask.config.set(heap):
+            cluster = distributed.LocalCluster(
+                n_workers=spec.workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
         try:
             with distributed.Client(cluster) as client:
                 yield client
