@@ -115,9 +115,7 @@ def test_analyze_and_recommend_are_bit_identical_on_every_engine(
     assert len(rows) == 6 and all(r["n"] == 600 for r in rows)
 
 
-def test_report_is_bit_identical_on_every_engine(
-    store: Path, cluster: str, tmp_path: Path
-) -> None:
+def test_report_is_bit_identical_on_every_engine(store: Path, cluster: str, tmp_path: Path) -> None:
     pages = []
     for i, extra in enumerate(_engines(cluster)):
         out = tmp_path / f"r{i}.html"
