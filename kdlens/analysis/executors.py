@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import contextvars
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -158,6 +159,12 @@ def _warm(client: Any, spec: EngineSpec) -> None:
         ) from exc
 
 
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the workers leave it to this process,
+    # which cancels what is queued and ends them (exit 130, no worker tracebacks).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def _pool(workers: int) -> Iterator[Any]:
     import multiprocessing
@@ -170,13 +177,15 @@ def _pool(workers: int) -> Iterator[Any]:
         ctx.set_forkserver_preload(["kdlens.analysis.passes"])
     else:
         ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     try:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: A worker preload (Dask runs it as a script in each worker's main thread).
+_IGNORE_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
 #: glibc's settings that keep freed memory for reuse in the workers of kdlens's LocalCluster.
 _MALLOC = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
@@ -197,7 +206,12 @@ def _dask_client(spec: EngineSpec) -> Iterator[Any]:
         # Dask's workers return freed memory to the system at once (MALLOC_TRIM_THRESHOLD_
         # of 64 KiB), so every batch's arrays were page-faulted in anew: tasks took 1.5x
         # as long here (tests/benchmarks/README.md). Memory stays bounded by the batch.
-        heap = {f"distributed.nanny.pre-spawn-environ.{k}": 1 << 30 for k in _MALLOC}
+        heap: dict[str, Any] = {
+            f"distributed.nanny.pre-spawn-environ.{k}": 1 << 30 for k in _MALLOC
+        }
+        # Ctrl-C reaches the whole process group; the workers leave it to this process,
+        # which closes the cluster (exit 130 without a traceback from every worker).
+        heap["distributed.worker.preload"] = [_IGNORE_SIGINT]
         # 127.0.0.1 only: nothing outside this machine can reach the cluster; no dashboard.
         with dask.config.set(heap):
             cluster = distributed.LocalCluster(
