@@ -32,6 +32,9 @@ VOCABULARY = {
     "dataset": {"--dataset"},
     "model": {"--model"},
     "hierarchy": {"--hierarchy"},
+    "engine": {"--engine"},
+    "workers": {"--workers"},
+    "scheduler": {"--scheduler"},
 }
 #: A repeatable option's parameter is the plural of the concept.
 #: (dump's --checkpoints is another concept: the epochs to checkpoint.)

@@ -14,25 +14,42 @@ from kdlens.cli import app
 from kdlens.errors import InputError
 from kdlens.recommend.rank import recommend
 from kdlens.report.data import collect_report_data
-from kdlens.store.reader import LogitsStore, open_store
+from kdlens.store import reader
+from kdlens.store.reader import open_store
 from kdlens.store.writer import CheckpointWriter, write_logits
 
 K = 6
 runner = CliRunner()
 
 
+class _Reads(Counter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups: Counter[tuple[str, str, str, str, int]] = Counter()
+
+    def clear(self) -> None:
+        super().clear()
+        self.groups.clear()
+
+
 @pytest.fixture
 def reads(monkeypatch):
-    """Counts the batch iterators opened per (run, checkpoint, split): every logits read
-    (iter_batches, prefetch_batches, load) goes through LogitsStore.iter_batches."""
-    counts: Counter[tuple[str, str, str]] = Counter()
-    original = LogitsStore.iter_batches
+    """Counts how often each (run, checkpoint, split) is read: every logits read
+    (iter_batches, prefetch_batches, load, the pass's tasks) goes through
+    kdlens.store.reader._part_batches, one call per range of row groups; a part counts
+    the reads of its most-read row group (a part split into tasks is still read once)."""
+    counts = _Reads()
+    per_group = counts.groups
+    original = reader._part_batches
 
-    def counting(self, run, checkpoint, split, **kw):
-        counts[(run, checkpoint, split)] += 1
-        return original(self, run, checkpoint, split, **kw)
+    def counting(part, k, groups, rows, check_labels):
+        key = (part.run, part.checkpoint, part.split)
+        for g in groups:
+            per_group[(*key, str(part.file), g)] += 1
+            counts[key] = max(counts[key], per_group[(*key, str(part.file), g)])
+        return original(part, k, groups, rows, check_labels)
 
-    monkeypatch.setattr(LogitsStore, "iter_batches", counting)
+    monkeypatch.setattr(reader, "_part_batches", counting)
     return counts
 
 

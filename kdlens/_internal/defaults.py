@@ -60,3 +60,17 @@ BOOTSTRAP_SEED = 0
 ENSEMBLE_MAX_MEMBERS = 8
 ENSEMBLE_RULE = "mean_prob"
 ENSEMBLE_RULES = ("mean_prob", "mean_prob_t", "mean_logit")
+
+#: The task plan of the pass (:mod:`kdlens.analysis.tasks`): a part is split into tasks of
+#: whole row groups holding at most about this many logits (rows x K; 100 MB of float32),
+#: the unit an engine runs and whose accumulator partials merge in the plan's order.
+TASK_ELEMENTS = 25_000_000
+#: Engines of the pass: ``local`` (in this process, or ``workers`` processes) and ``dask``.
+ENGINES = ("local", "dask")
+#: Processes of the local engine. 1 = the pass runs in this process (two threads);
+#: measured on 2 cores (tests/benchmarks/README.md), processes did not pay off there.
+LOCAL_WORKERS = 1
+#: Worker processes of the Dask ``LocalCluster`` kdlens starts when no scheduler is given.
+DASK_LOCAL_WORKERS = 2
+#: Seconds to wait for a Dask scheduler given by address before giving up.
+DASK_CONNECT_TIMEOUT = 10.0

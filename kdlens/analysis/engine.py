@@ -28,6 +28,7 @@ of at most ``max(2000, 2e6 / K)`` examples, the whole split when smaller).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from kdlens._internal.checks import check_fraction, check_positive_int, check_te
 from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
 from kdlens._internal.lock import locked_output
 from kdlens.analysis.examples_file import ExamplesWriter
+from kdlens.analysis.executors import engine_spec
 from kdlens.analysis.parts import fitted_temperatures, select_parts
 from kdlens.analysis.passes import CheckOptions, Extra, PartPlan, PartResult, run_pass
 from kdlens.analysis.reference import ReferenceExtra, _Reference, read_reference_probs
@@ -156,7 +158,8 @@ class AnalysisRequest:
         k, t, ref = self.st.num_classes, self.temperature, self.ref
         extras: dict[str, Callable[[], Extra]] = {}
         if ref is not None:
-            extras["reference"] = lambda: ReferenceExtra(ref, k, t)
+            # A partial, not a lambda: worker processes unpickle the plan.
+            extras["reference"] = functools.partial(ReferenceExtra, ref, k, t)
         return [PartPlan(p, {t: True}, True, dict(extras)) for p in self.parts]
 
     def finish(self, results: Sequence[PartResult], examples_path: Path | None) -> AnalysisResult:
@@ -236,6 +239,9 @@ def analyze(
     top_k: int = DEFAULT_TOP_K,
     batch_rows: int | None = None,
     progress: Any = None,
+    engine: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> AnalysisResult:
     """Analyse every run x checkpoint x split of a logits store.
 
@@ -259,7 +265,12 @@ def analyze(
     batch_rows : rows per read batch (default: the store's bounded default).
     progress : a rich ``Progress``-like object (``add_task``/``advance``) or a
         callable ``(done_rows, total_rows, description)``; nothing by default.
+    engine, workers, scheduler : where the pass runs (:mod:`kdlens.analysis.executors`):
+        ``local`` in this process, or ``workers`` processes; ``dask`` on the cluster at
+        ``scheduler`` or a ``LocalCluster`` of ``workers`` processes on 127.0.0.1. The
+        results are bit-identical whichever runs it.
     """
+    spec = engine_spec(engine, workers, scheduler)
     req = analysis_request(
         store,
         temperature=temperature,
@@ -291,6 +302,7 @@ def analyze(
             progress=progress,
             description="analyze",
             sink=sink if writer is not None else None,
+            engine=spec,
         )
         result = req.finish(results, None)
     except BaseException:

@@ -12,13 +12,17 @@ Per batch, each requested temperature gets one log-softmax pass
 (:func:`kdlens.measures.softlabels._per_example_core`) whose per-example columns feed the
 :class:`~kdlens.measures.summary.SoftLabelAccumulator`, the extras that asked for that
 temperature, and last the :class:`~kdlens.measures.similarity.SimilarityAccumulator`
-(which reuses the pass's buffers in place). Batches come from the store's prefetch
-thread and are dealt to two workers in turn; their accumulators merge in worker order,
-so results do not depend on timing.
+(which reuses the pass's buffers in place). The parts are split into tasks of row
+groups (:mod:`kdlens.analysis.tasks`) that an engine runs (:mod:`kdlens.analysis.executors`:
+this process, a process pool, or Dask). In a task, batches come from the store's
+prefetch thread and are dealt to two accumulator slots in turn (run by two threads in
+this process, one in a worker); slots merge in slot order and the tasks' partials in
+the plan's order, so results depend neither on timing nor on the engine.
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -29,20 +33,29 @@ import numpy as np
 
 from kdlens._internal.progress import as_progress
 from kdlens._internal.resources import check_memory, reuse_freed_memory
-from kdlens.errors import InputError
+from kdlens.analysis.executors import EngineSpec, current_engine, engine_spec, running
+from kdlens.analysis.tasks import CheckOptions, Task, add_stats, check_batches, plan_tasks, refuse
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.measures.core import _cores_for
-from kdlens.measures.registry import label_needers
 from kdlens.measures.softlabels import _Core, _per_example_core, _Target
 from kdlens.measures.summary import SoftLabelAccumulator
 from kdlens.store.format import Batch, Part
-from kdlens.store.reader import LogitsStore
+from kdlens.store.reader import LogitsStore, part_batches, prefetch
 
-__all__ = ["CheckOptions", "Extra", "PartPlan", "PartResult", "merge_plans", "run_pass"]
+__all__ = [
+    "CheckOptions",
+    "Extra",
+    "PartPlan",
+    "PartResult",
+    "merge_plans",
+    "run_pass",
+    "run_task",
+]
 
-#: Threads that analyse the batches of one part. numpy and Parquet decoding release
-#: the GIL, so two workers (this project's machines have two cores) roughly halve
-#: the compute; their accumulators merge exactly.
+#: Accumulator slots of a task: batch i goes to slot i mod 2, the slots merge in order.
+#: In this process each slot has its thread (numpy and Parquet decoding release the GIL,
+#: so two threads roughly halve the compute on two cores); a worker process of a pool or
+#: a cluster runs both slots in one thread. The slots, not the threads, fix the result.
 _WORKERS = 2
 #: Logits per slice of a batch in the per-example kernel (2 MiB per float64 temporary).
 _SLICE_ELEMENTS = 1 << 18
@@ -93,16 +106,6 @@ def merge_plans(*groups: Sequence[PartPlan]) -> list[PartPlan]:
                     raise ValueError(f"two consumers add an extra named {name!r}")
                 m.extras[name] = make
     return list(out.values())
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    """How rows with NaN/Inf logits or without a label are treated."""
-
-    drop_nonfinite: bool = False
-    use_predicted_labels: bool = False
-    #: Drop unlabelled rows silently (counted in ``stats["unlabeled"]``); recommend's rule.
-    skip_unlabeled: bool = False
 
 
 class _MeasureSet:
@@ -231,10 +234,13 @@ def run_pass(
     progress: Any = None,
     description: str = "reading",
     sink: RowSink | None = None,
+    engine: EngineSpec | str | None = None,
 ) -> list[PartResult]:
     """Read every planned part once and return its merged accumulators, in plan order.
 
-    ``sink`` receives every batch's per-example columns in store order (one worker then).
+    ``engine`` runs the tasks (:func:`~kdlens.analysis.executors.engine_spec`; default:
+    this process); the results do not depend on it. ``sink`` receives every batch's
+    per-example columns in store order (one slot, in this process, then).
     """
     prog = as_progress(progress)
     # A part may span several files: count the rows of every file it lives in.
@@ -242,16 +248,74 @@ def run_pass(
     total = sum(p.num_rows for p in st.parts if (p.run, p.checkpoint, p.split) in chosen)
     task = prog.add_task(description, total=total)
     k = st.num_classes
-    # Each worker holds a K x K similarity accumulator per temperature that wants one.
+    spec = current_engine() if engine is None else engine_spec(engine)
+    # Each slot holds a K x K similarity accumulator per temperature that wants one.
     sims = max((sum(p.temperatures.values()) for p in plans), default=0)
     check_memory(k, sims * (_WORKERS if sink is None else 1))
     reuse_freed_memory()
-    return _run_plans(st, plans, k, delta, n_bins, check, batch_rows, prog, task, sink)
+    if sink is not None:  # per-example rows must reach the sink in order: one slot, here
+        return [
+            _sink_part(st, plan, k, delta, n_bins, check, batch_rows, prog, task, sink)
+            for plan in plans
+        ]
+    files = [st.find(p.part.run, p.part.checkpoint, p.part.split) for p in plans]
+    tasks = plan_tasks(files, k)
+    out: list[PartResult] = []
+    with running(spec) as runner:
+        env = _TaskEnv(k, delta, n_bins, check, batch_rows, 2 if runner.in_process else 1)
+        advance = (lambda n: prog.advance(task, n)) if runner.in_process else None
+        partials = runner.map(run_task, ((t, plans[t.index], env, advance) for t in tasks))
+        by_plan = collections.Counter(t.index for t in tasks)
+        for i, plan in enumerate(plans):
+            part = plan.part
+            prog.update(task, description=f"{part.run} {part.checkpoint} {part.split}")
+            acc: _PartAccumulators | None = None
+            stats: dict[str, int] = {}
+            for _ in range(by_plan[i]):
+                got, got_stats = next(partials)
+                if advance is None:
+                    prog.advance(task, got_stats["rows"])
+                acc = got if acc is None else acc.merge(got)
+                add_stats(stats, got_stats)
+            refuse(part, check, stats)
+            if acc is None:  # a part without row groups
+                acc = _PartAccumulators(plan, k, delta, n_bins)
+            out.append(PartResult(plan, acc.sets, acc.tfit, acc.extras, stats))
+    return out
 
 
-def _run_plans(
+@dataclass(frozen=True)
+class _TaskEnv:
+    """What every task of a pass shares (sent to each worker with its task)."""
+
+    k: int
+    delta: float
+    n_bins: int
+    check: CheckOptions
+    batch_rows: int | None
+    threads: int
+
+
+def run_task(
+    task: Task, plan: PartPlan, env: _TaskEnv, advance: Callable[[int], None] | None = None
+) -> tuple[_PartAccumulators, dict[str, int]]:
+    """One task of the plan: its rows' accumulator partials and row counts (no refusal
+    is raised here; :func:`run_pass` raises it for the whole part)."""
+    reuse_freed_memory()  # once per process: a worker's too
+    stats: dict[str, int] = {}
+    batches = prefetch(
+        part_batches(task.part, env.k, row_groups=task.row_groups, batch_rows=env.batch_rows)
+    )
+    checked = check_batches(batches, env.check, advance or (lambda n: None), stats)
+    acc = _run_workers(
+        checked, lambda: _PartAccumulators(plan, env.k, env.delta, env.n_bins), env.threads
+    )
+    return acc, stats
+
+
+def _sink_part(
     st: LogitsStore,
-    plans: Sequence[PartPlan],
+    plan: PartPlan,
     k: int,
     delta: float,
     n_bins: int,
@@ -259,111 +323,32 @@ def _run_plans(
     batch_rows: int | None,
     prog: Any,
     task: Any,
-    sink: RowSink | None,
-) -> list[PartResult]:
-    out: list[PartResult] = []
-    for plan in plans:
-        part = plan.part
-        prog.update(task, description=f"{part.run} {part.checkpoint} {part.split}")
-        stats: dict[str, int] = {}
-        batches = _iter_checked(st, part, check, batch_rows, lambda n: prog.advance(task, n), stats)
-
-        def make(plan: PartPlan = plan) -> _PartAccumulators:
-            return _PartAccumulators(plan, k, delta, n_bins)
-
-        if sink is None:
-            acc = _run_workers(batches, make, _WORKERS)
-        else:  # per-example rows must reach the sink in order: one worker
-            acc = make()
-            for b in batches:
-                sink(part, b, acc.update(b))
-        out.append(PartResult(plan, acc.sets, acc.tfit, acc.extras, stats))
-    return out
-
-
-def _where(part: Part) -> str:
-    return f"run {part.run!r} checkpoint {part.checkpoint!r} split {part.split!r}"
-
-
-def _iter_checked(
-    st: LogitsStore,
-    part: Part,
-    check: CheckOptions,
-    batch_rows: int | None,
-    advance: Callable[[int], None],
-    stats: dict[str, int],
-) -> Iterator[Batch]:
-    """Yield validated batches; on a refusal, count through the rest of the part and raise."""
-    bad_rows = unlabeled = rows = 0
-    first_bad: int | None = None
-    failing = False
-    for b in st.prefetch_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows):
-        advance(len(b))
-        rows += len(b)
-        finite = _finite_rows(b.logits)
-        nbad = int(finite.size - np.count_nonzero(finite))
-        if nbad:
-            if first_bad is None:
-                first_bad = int(b.example_ids[np.argmin(finite)])
-            bad_rows += nbad
-            if check.drop_nonfinite:
-                b = Batch(b.logits[finite], b.labels[finite], b.example_ids[finite])
-            else:
-                failing = True
-        missing = b.labels < 0
-        nmiss = int(np.count_nonzero(missing))
-        if nmiss:
-            unlabeled += nmiss
-            if check.skip_unlabeled:
-                keep = ~missing
-                b = Batch(b.logits[keep], b.labels[keep], b.example_ids[keep])
-            elif check.use_predicted_labels:
-                labels = b.labels.copy()
-                labels[missing] = np.argmax(b.logits[missing], axis=1)
-                b = Batch(b.logits, labels, b.example_ids)
-            else:
-                failing = True
-        if failing or len(b) == 0:
-            continue
-        yield b
-    stats.update(rows=rows, nonfinite=bad_rows, unlabeled=unlabeled)
-    if bad_rows and not check.drop_nonfinite:
-        raise InputError(
-            f"{_where(part)}: {bad_rows} rows hold NaN/Inf logits (first example_id "
-            f"{first_bad}); pass `drop_nonfinite=True` to skip them"
-        )
-    if unlabeled and not (check.use_predicted_labels or check.skip_unlabeled):
-        raise InputError(
-            f"{_where(part)}: {unlabeled} of {rows} rows have no label; "
-            f"{', '.join(label_needers())} need labels (pass `use_predicted_labels=True` "
-            "to use the teacher's top-1 prediction instead)"
-        )
-
-
-def _finite_rows(z: np.ndarray) -> np.ndarray:
-    """Which rows hold only finite values, (n,) bool.
-
-    A row sum is NaN or infinite whenever the row holds a NaN or an infinity, and a finite
-    row's sum overflows only at extreme magnitudes: summing (one read, no (n, K) mask)
-    and checking just the rows whose sum is not finite gives the exact answer.
-    """
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = np.isfinite(z.sum(axis=1))
-    if not finite.all():
-        odd = np.flatnonzero(~finite)
-        finite[odd] = np.isfinite(z[odd]).all(axis=1)
-    return finite
+    sink: RowSink,
+) -> PartResult:
+    part = plan.part
+    prog.update(task, description=f"{part.run} {part.checkpoint} {part.split}")
+    stats: dict[str, int] = {}
+    batches = st.prefetch_batches(part.run, part.checkpoint, part.split, batch_rows=batch_rows)
+    acc = _PartAccumulators(plan, k, delta, n_bins)
+    for b in check_batches(batches, check, lambda n: prog.advance(task, n), stats):
+        sink(part, b, acc.update(b))
+    refuse(part, check, stats)
+    return PartResult(plan, acc.sets, acc.tfit, acc.extras, stats)
 
 
 def _run_workers(
-    batches: Iterator[Batch], make: Callable[[], _PartAccumulators], workers: int
+    batches: Iterator[Batch], make: Callable[[], _PartAccumulators], n_threads: int
 ) -> _PartAccumulators:
-    """Deal batches to ``workers`` threads in turn (batch i to worker i mod n) and merge
-    their accumulators in worker order, so the result does not depend on timing."""
+    """Deal batches to :data:`_WORKERS` slots in turn (batch i to slot i mod n), run by
+    ``n_threads`` threads (1 or one per slot), and merge the slots in order, so the result
+    depends neither on timing nor on the number of threads."""
+    workers = _WORKERS
     accs = [make() for _ in range(workers)]
-    if workers == 1:
-        for b in batches:
-            accs[0].update(b)
+    if n_threads == 1:
+        for i, b in enumerate(batches):
+            accs[i % workers].update(b)
+        for other in accs[1:]:
+            accs[0].merge(other)
         return accs[0]
     inboxes: list[queue.Queue[Batch | None]] = [queue.Queue(maxsize=1) for _ in accs]
     errors: list[BaseException] = []

@@ -191,3 +191,32 @@ def _remove_empty(created: list[tuple[Path, Path]]) -> None:
                 pass
             if p == top:
                 break
+
+
+# The engine options of the commands that read a whole store (analyze, recommend, report):
+# one definition, so the three say the same; kdlens.analysis.executors checks the values.
+def engine_option() -> Any:
+    return typer.Option(
+        "local",
+        "--engine",
+        help="Where the pass runs: local (this machine) or dask (Dask's distributed "
+        'scheduler; pip install "kdlens[dask]"). Results are bit-identical.',
+    )
+
+
+def workers_option() -> Any:
+    return typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Processes: local default 1 (this process, two threads); dask default 2 "
+        "(a LocalCluster on 127.0.0.1 started and closed by kdlens).",
+    )
+
+
+def scheduler_option() -> Any:
+    return typer.Option(
+        None,
+        "--scheduler",
+        help="Address of a running Dask scheduler (tcp://HOST:PORT), with --engine dask.",
+    )

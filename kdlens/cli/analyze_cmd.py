@@ -10,7 +10,13 @@ from typing import Any
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, handle_errors
+from kdlens.cli._app import (
+    app,
+    engine_option,
+    handle_errors,
+    scheduler_option,
+    workers_option,
+)
 from kdlens.cli._render import cell, console, json_rows, progress_bar, say, show, title
 
 # Library modules (numpy, polars, scipy, ...) and rich's widgets are imported inside the
@@ -117,6 +123,9 @@ def analyze_command(
         False, "--use-predicted-labels", help="Use the top-1 prediction where a label is missing."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar and no table."),
+    engine: str = engine_option(),
+    workers: int | None = workers_option(),
+    scheduler: str | None = scheduler_option(),
 ) -> None:
     """Measure soft-label quality of every checkpoint: entropy, dark mass, SI/II, OEMC, ECE."""
     from kdlens.analysis.engine import analyze_into
@@ -136,6 +145,9 @@ def analyze_command(
             drop_nonfinite=drop_nonfinite,
             use_predicted_labels=use_predicted_labels,
             progress=progress,
+            engine=engine,
+            workers=workers,
+            scheduler=scheduler,
         )
     if as_json:
         rows = json_rows(result.summary)

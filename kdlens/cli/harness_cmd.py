@@ -138,6 +138,12 @@ def dump_cmd(
         0.0, "--label-noise", help="Fraction of train labels flipped (seeded)."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    devices: str = typer.Option(
+        None,
+        "--devices",
+        help="Train runs in parallel, one process per device: cpu,cpu | cuda:0,cuda:1 | "
+        "auto (every CUDA device, else the CPU once). Overrides --device.",
+    ),
     from_checkpoints: str = typer.Option(
         None,
         "--from-checkpoints",
@@ -207,6 +213,7 @@ def dump_cmd(
         split_seed=split_seed,
         label_noise=label_noise,
         device=device,
+        devices=devices,
         **sizes,  # type: ignore[arg-type]
     )
     cfg.validate()

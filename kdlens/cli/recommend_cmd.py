@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, handle_errors
+from kdlens.cli._app import (
+    app,
+    engine_option,
+    handle_errors,
+    scheduler_option,
+    workers_option,
+)
 from kdlens.cli._render import cell, console, esc, labelled, progress_bar, say, title
 
 if TYPE_CHECKING:  # imported in the bodies, so that --help starts at once
@@ -69,6 +75,9 @@ def recommend_cmd(
         "--rule",
         help=f"How the ensemble combines its members ({', '.join(defaults.ENSEMBLE_RULES)}).",
     ),
+    engine: str = engine_option(),
+    workers: int | None = workers_option(),
+    scheduler: str | None = scheduler_option(),
 ) -> None:
     """Rank every checkpoint for distillation; exit 1 when there is nothing to rank."""
     from kdlens.recommend.rank import recommend
@@ -87,6 +96,9 @@ def recommend_cmd(
                 max_members=max_members,
                 rule=rule,
                 progress=progress,
+                engine=engine,
+                workers=workers,
+                scheduler=scheduler,
             )
         else:
             rec = recommend(
@@ -96,6 +108,9 @@ def recommend_cmd(
                 seed=seed,
                 top=top,
                 progress=progress,
+                engine=engine,
+                workers=workers,
+                scheduler=scheduler,
             )
     if as_json:
         payload = rec.to_dict()

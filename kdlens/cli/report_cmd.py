@@ -7,7 +7,13 @@ from pathlib import Path
 import typer
 
 from kdlens._internal import defaults
-from kdlens.cli._app import app, handle_errors
+from kdlens.cli._app import (
+    app,
+    engine_option,
+    handle_errors,
+    scheduler_option,
+    workers_option,
+)
 from kdlens.cli._render import say, status_line
 
 
@@ -57,6 +63,9 @@ def report_cmd(
         "beside the recommended checkpoint; needs the store.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the path of the report."),
+    engine: str = engine_option(),
+    workers: int | None = workers_option(),
+    scheduler: str | None = scheduler_option(),
 ) -> None:
     """Write a self-contained HTML report (works offline) of a store or an analysis."""
     from kdlens.report.build import build_report
@@ -75,6 +84,9 @@ def report_cmd(
             title=title,
             progress=progress,
             ensemble=ensemble,
+            engine=engine,
+            workers=workers,
+            scheduler=scheduler,
         )
     if png_dir is not None and not quiet:
         say(f"charts written to {png_dir}/ (PNG and SVG)", err=True)

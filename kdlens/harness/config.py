@@ -51,6 +51,9 @@ class DumpConfig:
     test_size: float | int | None = None
     label_noise: float = 0.0
     device: str = "auto"
+    #: Train the runs in parallel, one process per device (``cpu,cpu``, ``cuda:0,cuda:1``,
+    #: ``auto``: every CUDA device, else the CPU once); None: one after another on ``device``.
+    devices: str | None = None
     dump_batch_size: int = 2048
     #: CPU threads for torch; None = 1 for models under 1M parameters, else torch's default.
     num_threads: int | None = None
@@ -105,7 +108,7 @@ class DumpConfig:
     def run_config(self, batch_size: int, seed: int) -> dict[str, Any]:
         """The configuration of one run: what must match for a rerun to resume it."""
         d = asdict(self)
-        for k in ("batch_sizes", "seeds", "device", "dump_batch_size", "num_threads"):
+        for k in ("batch_sizes", "seeds", "device", "devices", "dump_batch_size", "num_threads"):
             d.pop(k)
         d.update(
             batch_size=batch_size,

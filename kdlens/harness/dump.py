@@ -19,6 +19,7 @@ from kdlens.errors import InputError
 from kdlens.harness.config import DumpConfig
 from kdlens.harness.data import Splits, prepare_data
 from kdlens.harness.models import build_model, is_convnet, probe_model
+from kdlens.harness.parallel import parse_devices, train_runs_parallel
 from kdlens.harness.reporting import QuietReporter, Reporter, RunResult
 from kdlens.harness.rundir import changed_keys, read_manifest, write_json_atomic
 from kdlens.harness.runtime import (
@@ -49,12 +50,15 @@ def dump(
     Writes ``<out>/<run>/<checkpoint>.parquet`` (all splits), ``<out>/<run>/ckpt/*.pt``,
     ``<out>/<run>/manifest.json`` and ``<out>/kdlens-dump.json``. Finished runs are
     skipped and interrupted ones resumed; a run directory holding a different
-    configuration raises :class:`InputError` unless ``overwrite``.
+    configuration raises :class:`InputError` unless ``overwrite``. With ``cfg.devices``
+    naming several devices, the runs train in parallel, one process per device
+    (:mod:`kdlens.harness.parallel`; ``on_epoch_end`` then runs in the workers).
     """
     cfg = config or DumpConfig()
     cfg.validate()
     rep = reporter or QuietReporter()
-    device = resolve_device(cfg.device)
+    devices = parse_devices(cfg.devices) if cfg.devices is not None else None
+    device = resolve_device(devices[0] if devices else cfg.device)
     outp = Path(out)
     t0 = time.perf_counter()
     data = prepare_data(
@@ -85,7 +89,11 @@ def dump(
             for s in cfg.seeds:
                 _check_existing(outp / f"bs{b}-seed{s}", cfg.run_config(b, s))
     results = []
-    for b in cfg.batch_sizes:
+    if devices is not None and len(devices) > 1:
+        results = train_runs_parallel(
+            cfg, data, devices, outp, overwrite=overwrite, reporter=rep, on_epoch_end=on_epoch_end
+        )
+    for b in cfg.batch_sizes if not results else ():
         for s in cfg.seeds:
             results.append(
                 train_run(
@@ -104,7 +112,7 @@ def dump(
         {
             "config": asdict(cfg),
             "data": data.info,
-            "device": str(device),
+            "device": str(device) if not devices or len(devices) == 1 else ",".join(devices),
             "wall_seconds": time.perf_counter() - t0,
             "runs": [_run_summary(r) for r in results],
         },

@@ -331,9 +331,15 @@ def recommend_with_ensemble(
     max_members: int = ENSEMBLE_MAX_MEMBERS,
     rule: str = ENSEMBLE_RULE,
     progress: Any = None,
+    engine: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> tuple[Any, EnsembleRecommendation]:
     """``recommend`` and :func:`select_ensemble` from one read of every part (the plans of
-    both merge into one pass). Returns (Recommendation, EnsembleRecommendation)."""
+    both merge into one pass), on the engine ``engine`` / ``workers`` / ``scheduler``
+    (:func:`~kdlens.analysis.executors.engine_spec`). Returns (Recommendation,
+    EnsembleRecommendation)."""
+    from kdlens.analysis.executors import engine_spec
     from kdlens.analysis.passes import merge_plans
     from kdlens.recommend.rank import recommend_from_pass, too_few_checkpoints
     from kdlens.recommend.signals import as_summary, recommend_request
@@ -355,7 +361,13 @@ def recommend_with_ensemble(
         raise InputError(f"top must be >= 1, got {top}")
     early = too_few_checkpoints(req, DEFAULT_COLLAPSE_WEIGHT)
     plans = ens.plans() if early is not None else merge_plans(req.plans(), ens.plans())
-    results = run_pass(req.st, plans, **pass_options(), progress=progress)
+    results = run_pass(
+        req.st,
+        plans,
+        **pass_options(),
+        progress=progress,
+        engine=engine_spec(engine, workers, scheduler),
+    )
     rec = early or recommend_from_pass(req, results, top=top)
     rec.source = str(req.st.source)
     out = ens.result(results)

@@ -41,6 +41,7 @@ from typing import Any
 import polars as pl
 
 from kdlens._internal.defaults import BOOTSTRAP_SEED, N_BOOTSTRAP
+from kdlens.analysis.executors import engine_spec
 from kdlens.analysis.passes import PartResult, run_pass
 from kdlens.errors import InputError
 from kdlens.recommend.bootstrap import N_BUCKETS
@@ -83,6 +84,9 @@ def recommend(
     top: int | None = None,
     collapse_weight: float = DEFAULT_COLLAPSE_WEIGHT,
     progress: Any = None,
+    engine: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Recommendation:
     """Rank every (run, checkpoint) of a store or an analysis and recommend one.
 
@@ -106,11 +110,15 @@ def recommend(
         ``w`` in :data:`SCORE_DEFINITION`.
     progress
         A rich ``Progress``-like object or a callable ``(done, total, description)``.
+    engine, workers, scheduler
+        Where the pass runs (:func:`~kdlens.analysis.executors.engine_spec`); the result
+        is bit-identical whichever runs it.
 
     A store with fewer than two checkpoints is answered (``ok`` false, ``reason``
     saying why) before any logits are read.
     """
     _check_options(temperature, n_bootstrap)
+    spec = engine_spec(engine, workers, scheduler)
     if top is not None and int(top) < 1:
         raise InputError(f"top must be >= 1, got {top}")
     if not (math.isfinite(collapse_weight) and collapse_weight >= 0):
@@ -125,7 +133,9 @@ def recommend(
         if early is not None:
             rec = early
         else:
-            results = run_pass(req.st, req.plans(), **pass_options(), progress=progress)
+            results = run_pass(
+                req.st, req.plans(), **pass_options(), progress=progress, engine=spec
+            )
             rec = recommend_from_pass(req, results, collapse_weight=collapse_weight, top=top)
     rec.source = str(label)
     return rec

@@ -10,6 +10,7 @@ report identical values; from an analysis they are read from its summary.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -117,7 +118,7 @@ class RecommendRequest:
                     continue
                 extras: dict[str, Any] = {}
                 if self.n_bootstrap:
-                    extras["bootstrap"] = lambda: BootstrapExtra(t)
+                    extras["bootstrap"] = functools.partial(BootstrapExtra, t)  # picklable
                 plan = PartPlan(have[split], {t: role == "transfer"}, self._fits(role), extras)
                 out.append(plan)
         return out

@@ -54,6 +54,9 @@ def build_report(
     title: str | None = None,
     progress: Progress = _quiet,
     ensemble: bool = False,
+    engine: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> Path:
     """Write the self-contained HTML report of a store or an analysis; return its path.
 
@@ -77,6 +80,9 @@ def build_report(
         title=title,
         progress=progress,
         ensemble=ensemble,
+        engine=engine,
+        workers=workers,
+        scheduler=scheduler,
     )
     progress("building charts")
     sections = report_charts(data)

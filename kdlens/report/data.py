@@ -18,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from kdlens._internal.defaults import HELDOUT_SPLITS, N_BINS, N_BOOTSTRAP, TRANSFER_SPLIT
+from kdlens.analysis.executors import engine_spec, using
 from kdlens.errors import InputError, KdlensError
 from kdlens.report.details import (
     ENTROPY_BINS,
@@ -128,6 +129,9 @@ def collect_report_data(
     title: str | None = None,
     progress: Progress = _quiet,
     ensemble: bool = False,
+    engine: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
 ) -> ReportData:
     """Gather the report's tables from a store, an analysis directory or an analysis result.
 
@@ -154,12 +158,16 @@ def collect_report_data(
     ensemble
         Also select an ensemble teacher (:func:`kdlens.recommend.ensemble.select_ensemble`,
         defaults) on the same pass; needs a store.
+    engine, workers, scheduler
+        Where the pass runs (:func:`~kdlens.analysis.executors.engine_spec`); the report
+        is the same whichever runs it.
 
     Every part of the store is read once, whatever the source (:mod:`kdlens.report.gather`).
     """
     t = float(temperature)
     if not (math.isfinite(t) and t > 0):
         raise InputError(f"temperature must be a positive number, got {temperature!r}")
+    spec = engine_spec(engine, workers, scheduler)
     if not isinstance(source, (str, os.PathLike, LogitsStore)) and store is not None:
         label = f"analysis of {store}"
     else:
@@ -184,9 +192,10 @@ def collect_report_data(
     pass_notes: list[str] = []
     gathered = None
     if st is not None:
-        gathered = _one_pass(
-            st, tables, t, recommendation is None, n_bootstrap, pass_notes, progress, ensemble
-        )
+        with using(spec):
+            gathered = _one_pass(
+                st, tables, t, recommendation is None, n_bootstrap, pass_notes, progress, ensemble
+            )
         if tables is None:
             assert gathered.analysis is not None
             tables = {

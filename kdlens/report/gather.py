@@ -7,6 +7,7 @@ accumulators. Nothing here re-reads the store.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -145,7 +146,7 @@ def _detail_plans(
 
 
 def _hist_factory(t: float) -> Any:
-    return lambda: EntropyHistExtra(t)
+    return functools.partial(EntropyHistExtra, t)  # picklable: worker processes get the plan
 
 
 def _calibration(results: list[PartResult], heldout: str | None, t: float) -> pl.DataFrame | None:

@@ -19,7 +19,7 @@ from kdlens.store.format import Batch, FileInfo, Part, read_batch_rows
 from kdlens.store.fs import StorePath, open_parquet
 from kdlens.store.scan import resolve_files, scan_file
 
-__all__ = ["LogitsStore", "open_store"]
+__all__ = ["LogitsStore", "open_store", "part_batches", "prefetch"]
 
 
 class LogitsStore:
@@ -125,39 +125,9 @@ class LogitsStore:
         """
         rows = batch_rows or read_batch_rows(self.num_classes)
         for part in self.find(run, checkpoint, split):
-            try:
-                yield from self._part_batches(part, rows, check_labels)
-            except (OSError, pa.ArrowException) as exc:
-                # A corrupt page surfaces only when read; pyarrow raises it as an OSError
-                # without errno. That is bad input naming the file (exit 2), not the
-                # operating system refusing (an OSError with an errno: exit 3).
-                if isinstance(exc, OSError) and exc.errno is not None:
-                    raise
-                reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-                raise StoreError(f"{part.file}: data unreadable ({reason})") from exc
-
-    def _part_batches(self, part: Part, rows: int, check_labels: bool) -> Iterator[Batch]:
-        k = self.num_classes
-        pf = open_parquet(part.file)
-        cols = ["example_id", "label", "logits"] + (
-            ["run", "checkpoint", "split"] if part.mixed else []
-        )
-        md = pf.metadata
-        for g in part.row_groups:
-            # Whole row groups decode fastest (columns in parallel); kdlens writes them
-            # bounded, so only a foreign file's oversized group falls back to streaming.
-            if md.row_group(g).num_rows <= 2 * rows:
-                chunks = pf.read_row_group(g, columns=cols).to_batches(max_chunksize=rows)
-            else:
-                chunks = pf.iter_batches(batch_size=rows, row_groups=[g], columns=cols)
-            for rb in chunks:
-                if part.mixed:
-                    rb = _filter_part(rb, part)
-                if rb.num_rows:
-                    b = _to_batch(rb, k, part.file)
-                    if check_labels:
-                        _check_labels(b, k, part)
-                    yield b
+            yield from part_batches(
+                part, self.num_classes, batch_rows=rows, check_labels=check_labels
+            )
 
     def prefetch_batches(
         self,
@@ -191,6 +161,64 @@ class LogitsStore:
             f"LogitsStore({self.source!r}, K={self.num_classes}, "
             f"checkpoints={len(self.keys())}, parts={len(self.parts)})"
         )
+
+
+def part_batches(
+    part: Part,
+    k: int,
+    *,
+    row_groups: Sequence[int] | None = None,
+    batch_rows: int | None = None,
+    check_labels: bool = True,
+) -> Iterator[Batch]:
+    """The rows of one file's part (only ``row_groups`` of it when given), in batches.
+
+    A batch never spans two row groups, so reading a part's row groups in ranges yields
+    the batches reading it whole does: what lets the task plan of
+    :mod:`kdlens.analysis.tasks` split a part without changing any result.
+    """
+    rows = batch_rows or read_batch_rows(k)
+    groups = part.row_groups if row_groups is None else tuple(row_groups)
+    try:
+        yield from _part_batches(part, k, groups, rows, check_labels)
+    except (OSError, pa.ArrowException) as exc:
+        # A corrupt page surfaces only when read; pyarrow raises it as an OSError
+        # without errno. That is bad input naming the file (exit 2), not the
+        # operating system refusing (an OSError with an errno: exit 3).
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise StoreError(f"{part.file}: data unreadable ({reason})") from exc
+
+
+def _part_batches(
+    part: Part, k: int, groups: Sequence[int], rows: int, check_labels: bool
+) -> Iterator[Batch]:
+    pf = open_parquet(part.file)
+    cols = ["example_id", "label", "logits"] + (
+        ["run", "checkpoint", "split"] if part.mixed else []
+    )
+    md = pf.metadata
+    for g in groups:
+        # Whole row groups decode fastest (columns in parallel); kdlens writes them
+        # bounded, so only a foreign file's oversized group falls back to streaming.
+        if md.row_group(g).num_rows <= 2 * rows:
+            chunks = pf.read_row_group(g, columns=cols).to_batches(max_chunksize=rows)
+        else:
+            chunks = pf.iter_batches(batch_size=rows, row_groups=[g], columns=cols)
+        for rb in chunks:
+            if part.mixed:
+                rb = _filter_part(rb, part)
+            if rb.num_rows:
+                b = _to_batch(rb, k, part.file)
+                if check_labels:
+                    _check_labels(b, k, part)
+                yield b
+
+
+def prefetch(it: Iterator[Batch]) -> Iterator[Batch]:
+    """``it``, its next batch read in a background thread (at most two in memory)."""
+    return _prefetch(it)
 
 
 def _prefetch(it: Iterator[Batch]) -> Iterator[Batch]:
