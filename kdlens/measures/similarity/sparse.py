@@ -44,6 +44,7 @@ from kdlens._internal.accumulator import Accumulator
 from kdlens._internal.checks import check_logits_labels, check_num_classes, check_temperature
 from kdlens._internal.defaults import SIMILARITY_SPARSE_TOP
 from kdlens.measures.similarity.matrix import _nanmean, _nontarget_logq
+from kdlens.measures.similarity.spread import add_entries, empty_histogram
 
 __all__ = ["SparseSimilarityAccumulator", "SparseSimilarityResult"]
 
@@ -72,6 +73,7 @@ class SparseSimilarityResult:
     temperature: float
     kl_uniform_per_class: np.ndarray
     q_sqsum_per_class: np.ndarray
+    entry_hist_per_class: np.ndarray  #: as :class:`SimilarityResult`'s
     n_unlabeled: int
     top: int  #: entries kept per example
 
@@ -180,6 +182,7 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts = np.zeros(k, np.int64)
         self.negent_sum = np.zeros(k)
         self.q_sqsum = np.zeros(k)
+        self.entry_hist = empty_histogram(k)
         self.rest = np.zeros(k)  # Σ_x of the mass outside x's top entries
         self._sums = sparse.csr_matrix((k, k))
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -208,6 +211,7 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts += np.bincount(labels, minlength=k)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
+        add_entries(self.entry_hist, q, labels)
         idx = np.argpartition(-q, r - 1, axis=1)[:, :r]  # r <= K - 1: never needs the label
         v = np.take_along_axis(q, idx, axis=1)
         self.rest += np.bincount(labels, weights=np.maximum(1.0 - v.sum(axis=1), 0.0), minlength=k)
@@ -252,6 +256,7 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts += other.counts
         self.negent_sum += other.negent_sum
         self.q_sqsum += other.q_sqsum
+        self.entry_hist += other.entry_hist
         self.rest += other.rest
 
     def finalize(self, *, warn_absent: bool = True) -> SparseSimilarityResult:
@@ -280,6 +285,7 @@ class SparseSimilarityAccumulator(Accumulator):
             temperature=self.temperature,
             kl_uniform_per_class=kl_u,
             q_sqsum_per_class=self.q_sqsum.copy(),
+            entry_hist_per_class=self.entry_hist.copy(),
             n_unlabeled=self.n_unlabeled,
             top=self.top,
         )
