@@ -39,10 +39,11 @@ def add_entries(hist: np.ndarray, q: np.ndarray, labels: np.ndarray) -> None:
     k = hist.shape[0]
     qf = np.ascontiguousarray(q, dtype=np.float64)
     # Bin from the bits: 0 for q in [0.75, 1], 1 for [0.5, 0.75), ...; q = 0 → the last.
-    half = _TOP - (qf.view(np.int64) >> 51)
-    np.clip(half, 0, N_BINS - 1, out=half)
-    # Bin 0 is the largest q; bins count downwards, the last one shares everything small.
-    cell = (labels.astype(np.int64) * N_BINS)[:, None] + half
+    # In place: each n x K temporary costs ~2 ns an entry.
+    cell = qf.view(np.int64) >> 51
+    np.subtract(_TOP, cell, out=cell)
+    np.clip(cell, 0, N_BINS - 1, out=cell)
+    cell += (labels.astype(np.int64) * N_BINS)[:, None]
     cell = cell.ravel()
     size = k * N_BINS
     flat = hist.reshape(size, 3)
