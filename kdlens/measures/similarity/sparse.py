@@ -12,8 +12,9 @@ largest entries go to a sparse class sum ``A[c]`` exactly, and the remaining mas
 
 exact when every example's mass lies in its ``top`` entries (with ``top >= K − 1`` the
 result equals the dense one; tested), and otherwise a flattened tail: the mass each example
-puts outside its top entries is assumed uniform. What stays exact: the counts, ``Σ q²`` per
-class (the structure test's null), ``KL(q_x ‖ U)`` per class and so ``SI_c + II_c`` (``II_c``
+puts outside its top entries is assumed uniform. What stays exact: the counts, the
+power sums and histograms of the non-target entries per class (the structure test's null;
+K x 2 KB), ``KL(q_x ‖ U)`` per class and so ``SI_c + II_c`` (``II_c``
 comes from the identity ``II_c = KL_U,c − SI_c``). ``SI`` is that of the flattened rows.
 Measured against the dense path (``tests/test_similarity_sparse.py``; 20 examples per
 class, normal logits ``scale·N(0, 1)`` plus a neighbour structure): peaked teachers
