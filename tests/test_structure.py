@@ -215,3 +215,39 @@ def test_analytic_null_at_imagenet_validation_shape_is_cheap():
     counts = np.full(k, 50)
     null = st._compute_analytic_null(counts, hist, k, 1000, np.random.default_rng(0))
     assert null.shape == (1000,) and np.isfinite(null).all() and null.std() > 0
+
+
+def test_entry_sample_is_the_same_however_the_data_are_split():
+    """Above SAMPLE_ROWS examples per class the histogram keeps a hashed sample of rows; the
+    kept set depends only on the data (batches, merge order), and the null from it is the
+    null from all rows to within a fraction of its sd."""
+    from kdlens.hypotheses.structure_null import class_null_moments
+    from kdlens.measures.similarity.matrix import _nontarget_logq
+    from kdlens.measures.similarity.spread import (
+        SAMPLE_ROWS,
+        EntryHistogram,
+        add_entries,
+        empty_histogram,
+    )
+
+    k = 6
+    z, y = inputs.random_teacher(n=6000, k=k, seed=2, scale=3.0)
+    q = np.exp(_nontarget_logq(np.asarray(z), y, 1.0))
+    sq = np.einsum("ij,ij->i", q, q)
+    whole = EntryHistogram(k)
+    whole.add(q, y, sq)
+    a, b = EntryHistogram(k), EntryHistogram(k)
+    for lo, hi in ((0, 37), (37, 2500), (2500, 2501), (2501, 6000)):
+        (a if lo < 2500 else b).add(q[lo:hi], y[lo:hi], sq[lo:hi])
+    b.merge(a)
+    np.testing.assert_allclose(b.pooled(), whole.pooled(), rtol=1e-12)  # sums: rounding
+    kept = whole.pooled()[:, :, 0].sum(1) / (k - 1)
+    counts = np.bincount(y, minlength=k)
+    assert (kept >= SAMPLE_ROWS).all() and (kept < 0.6 * counts).all()  # sampled, not all
+    full = empty_histogram(k)
+    add_entries(full, q, y)
+    m_all, v_all = class_null_moments(full, counts, k - 1)
+    m_kept, v_kept = class_null_moments(whole.pooled(), counts, k - 1)
+    sd = math.sqrt(v_all.sum()) / k
+    assert abs(m_kept.mean() - m_all.mean()) < 0.25 * sd
+    assert math.sqrt(v_kept.sum() / v_all.sum()) == pytest.approx(1.0, abs=0.1)

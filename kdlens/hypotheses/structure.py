@@ -80,7 +80,7 @@ from kdlens._internal.defaults import ALPHA, N_PERMUTATIONS
 from kdlens.errors import InputError
 from kdlens.measures.similarity import SimilarityResult
 from kdlens.measures.similarity.matrix import _nontarget_logq
-from kdlens.measures.similarity.spread import N_BINS, add_entries, empty_histogram
+from kdlens.measures.similarity.spread import N_BINS, EntryHistogram
 
 __all__ = [
     "NOT_APPLICABLE_K2",
@@ -348,8 +348,8 @@ def structure_test(
     if method == "exact":
         null = _compute_exact_null(q_nt, y, k, b, rng)
     else:
-        hist = empty_histogram(k)
-        add_entries(hist, q, y)
-        null = _compute_analytic_null(counts, hist, k, b, rng)
+        entries = EntryHistogram(k)
+        entries.add(q, y, np.einsum("ij,ij->i", q, q))  # as the accumulator: same sample
+        null = _compute_analytic_null(counts, entries.pooled(), k, b, rng)
     res = _result(observed, null, k=k, method=method, t=t, n=n)
     return replace(res, n_unlabeled=n_unlabeled)
