@@ -66,6 +66,8 @@ def test_stated_error_of_the_top_entries(scale: float, bound: float):
         sp.si_per_class + sp.ii_per_class, dense.si_per_class + dense.ii_per_class, atol=1e-9
     )
     np.testing.assert_allclose(sp.q_sqsum_per_class, dense.q_sqsum_per_class, rtol=1e-12)
+    # and the structure test's input: the same null from either path
+    np.testing.assert_allclose(sp.entry_hist_per_class, dense.entry_hist_per_class, rtol=1e-12)
 
 
 def test_analyze_takes_the_bounded_path_above_the_dense_k(tmp_path: Path, monkeypatch):

@@ -21,6 +21,7 @@ from kdlens._internal.checks import (
     check_temperature,
 )
 from kdlens.errors import InputError
+from kdlens.measures.similarity.spread import EntryHistogram
 
 __all__ = [
     "SimilarityAccumulator",
@@ -61,6 +62,9 @@ class SimilarityResult:
     kl_uniform_per_class: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: (K,) sum over x in c of sum_j q_x(j)^2 (the structure test's analytic null needs it)
     q_sqsum_per_class: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: (K, bins, 3) per class and bin of q: entries, sum q, sum q^2 (the analytic null's
+    #: input; :mod:`kdlens.measures.similarity.spread`)
+    entry_hist_per_class: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 3)))
     #: rows labelled -1 (missing) that the accumulator skipped
     n_unlabeled: int = 0
 
@@ -130,6 +134,7 @@ class SimilarityAccumulator(Accumulator):
         self.q_sum = np.zeros((k, k), np.float64)  # sum of q per class
         self.negent_sum = np.zeros(k, np.float64)  # sum of sum_j q log q per class
         self.q_sqsum = np.zeros(k, np.float64)  # sum of sum_j q^2 per class
+        self.entry_hist = EntryHistogram(k)  # the structure test's null needs it
 
     def update(self, logits: Any, labels: Any) -> SimilarityAccumulator:
         """Add a batch: ``logits`` (n, K), ``labels`` (n,) int with -1 = skip (counted)."""
@@ -189,7 +194,9 @@ class SimilarityAccumulator(Accumulator):
                 starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
                 self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
-        self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
+        row_sq = np.einsum("ij,ij->i", q, q)
+        self.q_sqsum += np.bincount(labels, weights=row_sq, minlength=k)
+        self.entry_hist.add(q, labels, row_sq)
         return self
 
     def _merge(self, other: SimilarityAccumulator) -> None:
@@ -199,6 +206,7 @@ class SimilarityAccumulator(Accumulator):
         self.q_sum += other.q_sum
         self.negent_sum += other.negent_sum
         self.q_sqsum += other.q_sqsum
+        self.entry_hist.merge(other.entry_hist)
 
     def finalize(self, *, warn_absent: bool = True) -> SimilarityResult:
         """The :class:`SimilarityResult`; warns when classes are absent."""
@@ -249,6 +257,7 @@ def _finalize(acc: SimilarityAccumulator, *, warn_absent: bool) -> SimilarityRes
         estimate=est,
         kl_uniform_per_class=kl_u,
         q_sqsum_per_class=acc.q_sqsum.copy(),
+        entry_hist_per_class=acc.entry_hist.pooled(),
         n_unlabeled=acc.n_unlabeled,
     )
 

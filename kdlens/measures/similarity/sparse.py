@@ -12,8 +12,9 @@ largest entries go to a sparse class sum ``A[c]`` exactly, and the remaining mas
 
 exact when every example's mass lies in its ``top`` entries (with ``top >= K − 1`` the
 result equals the dense one; tested), and otherwise a flattened tail: the mass each example
-puts outside its top entries is assumed uniform. What stays exact: the counts, ``Σ q²`` per
-class (the structure test's null), ``KL(q_x ‖ U)`` per class and so ``SI_c + II_c`` (``II_c``
+puts outside its top entries is assumed uniform. What stays exact: the counts, the
+power sums and histograms of the non-target entries per class (the structure test's null;
+K x 2 KB), ``KL(q_x ‖ U)`` per class and so ``SI_c + II_c`` (``II_c``
 comes from the identity ``II_c = KL_U,c − SI_c``). ``SI`` is that of the flattened rows.
 Measured against the dense path (``tests/test_similarity_sparse.py``; 20 examples per
 class, normal logits ``scale·N(0, 1)`` plus a neighbour structure): peaked teachers
@@ -44,6 +45,7 @@ from kdlens._internal.accumulator import Accumulator
 from kdlens._internal.checks import check_logits_labels, check_num_classes, check_temperature
 from kdlens._internal.defaults import SIMILARITY_SPARSE_TOP
 from kdlens.measures.similarity.matrix import _nanmean, _nontarget_logq
+from kdlens.measures.similarity.spread import EntryHistogram
 
 __all__ = ["SparseSimilarityAccumulator", "SparseSimilarityResult"]
 
@@ -72,6 +74,7 @@ class SparseSimilarityResult:
     temperature: float
     kl_uniform_per_class: np.ndarray
     q_sqsum_per_class: np.ndarray
+    entry_hist_per_class: np.ndarray  #: as :class:`SimilarityResult`'s
     n_unlabeled: int
     top: int  #: entries kept per example
 
@@ -180,6 +183,7 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts = np.zeros(k, np.int64)
         self.negent_sum = np.zeros(k)
         self.q_sqsum = np.zeros(k)
+        self.entry_hist = EntryHistogram(k, levels=1)
         self.rest = np.zeros(k)  # Σ_x of the mass outside x's top entries
         self._sums = sparse.csr_matrix((k, k))
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -207,7 +211,9 @@ class SparseSimilarityAccumulator(Accumulator):
         k, r = self.num_classes, self.top
         self.counts += np.bincount(labels, minlength=k)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
-        self.q_sqsum += np.bincount(labels, weights=np.einsum("ij,ij->i", q, q), minlength=k)
+        row_sq = np.einsum("ij,ij->i", q, q)
+        self.q_sqsum += np.bincount(labels, weights=row_sq, minlength=k)
+        self.entry_hist.add(q, labels, row_sq)
         idx = np.argpartition(-q, r - 1, axis=1)[:, :r]  # r <= K - 1: never needs the label
         v = np.take_along_axis(q, idx, axis=1)
         self.rest += np.bincount(labels, weights=np.maximum(1.0 - v.sum(axis=1), 0.0), minlength=k)
@@ -252,6 +258,7 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts += other.counts
         self.negent_sum += other.negent_sum
         self.q_sqsum += other.q_sqsum
+        self.entry_hist.merge(other.entry_hist)
         self.rest += other.rest
 
     def finalize(self, *, warn_absent: bool = True) -> SparseSimilarityResult:
@@ -280,6 +287,7 @@ class SparseSimilarityAccumulator(Accumulator):
             temperature=self.temperature,
             kl_uniform_per_class=kl_u,
             q_sqsum_per_class=self.q_sqsum.copy(),
+            entry_hist_per_class=self.entry_hist.pooled(),
             n_unlabeled=self.n_unlabeled,
             top=self.top,
         )
