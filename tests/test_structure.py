@@ -217,6 +217,35 @@ def test_analytic_null_at_imagenet_validation_shape_is_cheap():
     assert null.shape == (1000,) and np.isfinite(null).all() and null.std() > 0
 
 
+@pytest.mark.parametrize("levels", [1, 3])
+def test_fewer_levels_at_large_k_bound_memory_and_still_merge_exactly(levels, monkeypatch):
+    """Large K gets fewer sampling levels (memory); the sample still depends only on the
+    data, and classes keep at least as many rows as with every level."""
+    from kdlens.measures.similarity import spread
+    from kdlens.measures.similarity.matrix import _nontarget_logq
+
+    assert spread.levels_for(10) == spread.LEVELS
+    for k in (1000, 5000):
+        assert k * spread.levels_for(k) * spread.N_BINS * 3 * 8 <= spread.HIST_BYTES
+    assert spread.levels_for(21841) == 1  # one level is the least (2 KB per class)
+    k = 6
+    z, y = inputs.random_teacher(n=6000, k=k, seed=2, scale=3.0)
+    q = np.exp(_nontarget_logq(np.asarray(z), y, 1.0))
+    sq = np.einsum("ij,ij->i", q, q)
+    monkeypatch.setattr(spread, "HIST_BYTES", k * levels * spread.N_BINS * 3 * 8)
+    whole = spread.EntryHistogram(k)
+    assert whole.levels == levels
+    whole.add(q, y, sq)
+    a, b = spread.EntryHistogram(k), spread.EntryHistogram(k)
+    for lo, hi in ((0, 37), (37, 2500), (2500, 6000)):
+        (a if lo < 2500 else b).add(q[lo:hi], y[lo:hi], sq[lo:hi])
+    b.merge(a)
+    np.testing.assert_allclose(b.pooled(), whole.pooled(), rtol=1e-12)
+    every = spread.EntryHistogram(k, levels=spread.LEVELS)
+    every.add(q, y, sq)
+    assert (whole.pooled()[:, :, 0].sum(1) >= every.pooled()[:, :, 0].sum(1)).all()
+
+
 def test_entry_sample_is_the_same_however_the_data_are_split():
     """Above SAMPLE_ROWS examples per class the histogram keeps a hashed sample of rows; the
     kept set depends only on the data (batches, merge order), and the null from it is the

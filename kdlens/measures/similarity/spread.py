@@ -35,6 +35,17 @@ SAMPLE_ROWS = 256
 #: Sampling levels: down to a rate of 2^-(LEVELS-1) (1/512), i.e. all rows up to ~130,000
 #: examples per class at >= 256 rows.
 LEVELS = 10
+#: Largest histogram (bytes) per accumulator: above K ~ 860 it gets fewer levels.
+HIST_BYTES = 16 << 20
+
+
+def levels_for(k: int) -> int:
+    """Sampling levels of a K-class histogram: :data:`LEVELS`, fewer where K x levels x
+    :data:`N_BINS` x 3 float64 would pass :data:`HIST_BYTES` (at K = 5,000: 1 level, 10 MB,
+    where 10 took 97 MB per accumulator and pushed analyze past its 1.5 GiB goal). Fewer
+    levels only keep more rows of very large classes (rate >= 2^-(levels-1)): more work,
+    no less accuracy. A function of K alone, so every engine's partials merge."""
+    return max(1, min(LEVELS, HIST_BYTES // (max(k, 1) * N_BINS * 3 * 8)))
 
 
 class EntryHistogram:
@@ -43,8 +54,8 @@ class EntryHistogram:
     ``levels=1`` keeps every row (no sampling; K x 2 KB, for the large-K path).
     """
 
-    def __init__(self, k: int, levels: int = LEVELS) -> None:
-        self.levels = int(levels)
+    def __init__(self, k: int, levels: int | None = None) -> None:
+        self.levels = levels_for(k) if levels is None else int(levels)
         self.hist = np.zeros((k, self.levels, N_BINS, 3), np.float64)
         self.rows = np.zeros((k, self.levels), np.int64)  # rows seen per class and level
 
