@@ -347,3 +347,27 @@ def test_t1_core_derived_from_integer_t_matches_a_direct_pass(seed, scale, t):
     want, *_ = sl._per_example_core(z, y, 1.0, 0.01)
     for name, col in want.items():
         np.testing.assert_allclose(got[name], col, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.sampled_from([0.1, 3.0, 40.0, 400.0]),
+    t=st.sampled_from([2, 3, 4, 7]),
+)
+def test_derived_t1_runner_up_from_the_base_target_is_bit_identical(seed, scale, t):
+    # The pass forms the base (T) target first; the derived T = 1 target then takes its
+    # runner-up as a power of the base's instead of a second row maximum: same bits.
+    from kdlens.measures.core import _cores_for
+
+    z, y = inputs.random_teacher(300, 9, seed=seed, scale=scale)
+    shared = _cores_for(z, [1.0, float(t)])
+    sl._per_example_core(z, y, float(t), 0.01, shared[float(t)])
+    assert shared[1.0].base is not None and shared[1.0].base.runner is not None
+    got, _, tg_got, _ = sl._per_example_core(z, y, 1.0, 0.01, shared[1.0])
+    alone = _cores_for(z, [1.0, float(t)])[1.0]
+    alone.base = None  # the row maximum of the derived e itself
+    want, _, tg_want, _ = sl._per_example_core(z, y, 1.0, 0.01, alone)
+    np.testing.assert_array_equal(tg_got.x_runner, tg_want.x_runner)
+    for name, col in want.items():
+        np.testing.assert_array_equal(got[name], col, err_msg=name)

@@ -15,9 +15,11 @@ temperature, and last the :class:`~kdlens.measures.similarity.SimilarityAccumula
 (which reuses the pass's buffers in place). The parts are split into tasks of row
 groups (:mod:`kdlens.analysis.tasks`) that an engine runs (:mod:`kdlens.analysis.executors`:
 this process, a process pool, or Dask). In a task, batches come from the store's
-prefetch thread and are dealt to two accumulator slots in turn (run by two threads in
-this process, one in a worker); slots merge in slot order and the tasks' partials in
-the plan's order, so results depend neither on timing nor on the engine.
+prefetch thread and are dealt to two accumulator slots in turn; slots merge in slot
+order and the tasks' partials in the plan's order, so results depend neither on timing
+nor on the engine. This process runs two tasks at once on two threads, each task's
+slots in one thread as a worker does (or, where a task's K x K state is large, one task
+at a time with a thread per slot).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdlens._internal.progress import as_progress
-from kdlens._internal.resources import check_memory, reuse_freed_memory
+from kdlens._internal.resources import check_memory, reuse_freed_memory, similarity_bytes
 from kdlens.analysis.executors import EngineSpec, current_engine, engine_spec, running
 from kdlens.analysis.tasks import CheckOptions, Task, add_stats, check_batches, plan_tasks, refuse
 from kdlens.measures.calibration import TemperatureFitAccumulator
@@ -53,10 +55,15 @@ __all__ = [
 ]
 
 #: Accumulator slots of a task: batch i goes to slot i mod 2, the slots merge in order.
-#: In this process each slot has its thread (numpy and Parquet decoding release the GIL,
-#: so two threads roughly halve the compute on two cores); a worker process of a pool or
-#: a cluster runs both slots in one thread. The slots, not the threads, fix the result.
+#: The slots, not the threads, fix the result. Also the number of threads of the
+#: in-process engine (numpy and Parquet decoding release the GIL): two whole tasks at
+#: once, or (large K) one task with a thread per slot. Dealing one task's batches to two
+#: threads left one idle at every task's end (the pass took 1.03 s wall on 1.67 s CPU).
 _WORKERS = 2
+#: The most K x K similarity state (bytes) for which tasks run two at a time in this
+#: process; above it, and above :data:`_LARGE_K` classes, one at a time, two threads each.
+_THREADED_TASKS_BYTES = 512 << 20
+_LARGE_K = 2048
 #: Logits per slice of a batch in the per-example kernel (2 MiB per float64 temporary).
 _SLICE_ELEMENTS = 1 << 18
 
@@ -169,7 +176,10 @@ class _PartAccumulators:
             # T = 1 beside an integer T (analysis and ranking in one report) shares one
             # exponential pass; formed before the similarity sums consume ``core.e`` in place.
             shared = _cores_for(zs, list(self.sets))
-            for t, ms in self.sets.items():
+            # A shared base core first: the derived T = 1 target then takes its runner-up
+            # from the base's (:func:`kdlens.measures.core._runner_from_base`).
+            for t in sorted(self.sets, key=lambda t: not (t in shared and t != 1.0)):
+                ms = self.sets[t]
                 cols, core, tg, _ = _per_example_core(
                     zs, ys, t, self.delta, shared.pop(t, None), ps
                 )
@@ -261,8 +271,13 @@ def run_pass(
     files = [st.find(p.part.run, p.part.checkpoint, p.part.split) for p in plans]
     tasks = plan_tasks(files, k)
     out: list[PartResult] = []
-    with running(spec) as runner:
-        env = _TaskEnv(k, delta, n_bins, check, batch_rows, 2 if runner.in_process else 1)
+    # While a task's state is small, the in-process engine runs two whole tasks at once
+    # (each in one thread, as a worker process does); else one task, its slots on two threads.
+    whole = _small_state(k, sims)
+    with running(spec, threads=_WORKERS if whole else 1) as runner:
+        env = _TaskEnv(
+            k, delta, n_bins, check, batch_rows, 2 if runner.in_process and not whole else 1
+        )
         advance = (lambda n: prog.advance(task, n)) if runner.in_process else None
         partials = runner.map(run_task, ((t, plans[t.index], env, advance) for t in tasks))
         by_plan = collections.Counter(t.index for t in tasks)
@@ -282,6 +297,12 @@ def run_pass(
                 acc = _PartAccumulators(plan, k, delta, n_bins)
             out.append(PartResult(plan, acc.sets, acc.tfit, acc.extras, stats))
     return out
+
+
+def _small_state(k: int, sims: int) -> bool:
+    """Whether three tasks' accumulators at once (two running, one queued) stay small:
+    at most :data:`_THREADED_TASKS_BYTES` of K x K similarity state, and no large K."""
+    return k <= _LARGE_K and similarity_bytes(k, 3 * _WORKERS * sims) <= _THREADED_TASKS_BYTES
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ class _Core:
     forms a target does not sum ``e`` twice.
     """
 
-    __slots__ = ("x", "e", "_s", "_log_s", "ex", "temperature", "log_s1")
+    __slots__ = ("x", "e", "_s", "_log_s", "ex", "temperature", "log_s1", "base", "runner")
 
     def __init__(self, z: np.ndarray, temperature: float) -> None:
         # The row maximum of the float32 logits, divided by T, is the maximum of the
@@ -47,6 +47,10 @@ class _Core:
         self.ex: np.ndarray | None = None  # sum(e * x) per row, filled when needed
         #: the T = 1 normaliser ``log sum exp(z - max z)``, when formed beside this core
         self.log_s1: np.ndarray | None = None
+        #: the core this one was derived from by :meth:`at_one` (None: formed directly)
+        self.base: _Core | None = None
+        #: (labels, largest non-target ``e`` per row), left by this core's :class:`_Target`
+        self.runner: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def s(self) -> np.ndarray:
@@ -72,7 +76,7 @@ class _Core:
     def _from_shifted(cls, x: np.ndarray, e: np.ndarray, temperature: float) -> _Core:
         core = cls.__new__(cls)
         core.x, core.e, core.temperature = x, e, temperature
-        core._s = core._log_s = core.ex = core.log_s1 = None
+        core._s = core._log_s = core.ex = core.log_s1 = core.base = core.runner = None
         return core
 
     def at_one(self) -> _Core:
@@ -88,7 +92,9 @@ class _Core:
         t = int(self.temperature)
         e1, row_sum = _power_and_row_sum(self.e, t)
         self.log_s1 = np.log(row_sum)
-        return _Core._from_shifted(self.x * t, e1, 1.0)
+        one = _Core._from_shifted(self.x * t, e1, 1.0)
+        one.base = self
+        return one
 
     def entropy(self) -> np.ndarray:
         if self.ex is None:
@@ -128,7 +134,10 @@ class _Target:
         e[rows, y] = 0.0
         s_nt = e.sum(axis=1)
         ex_nt = np.einsum("ij,ij->i", e, x)
-        e_runner = e.max(axis=1)
+        e_runner = _runner_from_base(core, y)
+        if e_runner is None:
+            e_runner = e.max(axis=1)
+        core.runner = (y, e_runner)
         # Recover the full-row sums by addition (same sign terms: no cancellation).
         core.s = s_nt + e_y
         core.log_s = np.log(core.s)
@@ -176,6 +185,24 @@ class _Target:
             qs[np.arange(self.small.size), y[self.small]] = 0.0
             q[self.small] = qs
         return q
+
+
+def _runner_from_base(core: _Core, y: np.ndarray) -> np.ndarray | None:
+    """The largest non-target ``e`` per row of a core derived by :meth:`_Core.at_one`,
+    from its base core's target (formed first, same labels), else None.
+
+    ``e1 = e ** T`` is formed elementwise by the squarings of :func:`_power`, each a
+    correctly rounded multiply of non-negative numbers and so non-decreasing: the power
+    of the base's row maximum is the row maximum of ``e1``, bit for bit, without a
+    second (n, K) reduction.
+    """
+    base = core.base
+    if base is None or base.runner is None:
+        return None
+    labels, runner = base.runner
+    if labels is not y and not np.array_equal(labels, y):
+        return None
+    return _power(runner, int(base.temperature))
 
 
 def _margin_from(core: _Core, y: np.ndarray, tg: _Target) -> np.ndarray:
