@@ -38,7 +38,7 @@ from kdlens._internal.resources import check_memory, reuse_freed_memory, similar
 from kdlens.analysis.executors import EngineSpec, current_engine, engine_spec, running
 from kdlens.analysis.tasks import CheckOptions, Task, add_stats, check_batches, plan_tasks, refuse
 from kdlens.measures.calibration import TemperatureFitAccumulator
-from kdlens.measures.core import _cores_for
+from kdlens.measures.core import _cores_for, _shared_targets
 from kdlens.measures.softlabels import _Core, _per_example_core, _Target
 from kdlens.measures.summary import SoftLabelAccumulator
 from kdlens.store.format import Batch, Part
@@ -176,12 +176,11 @@ class _PartAccumulators:
             # T = 1 beside an integer T (analysis and ranking in one report) shares one
             # exponential pass; formed before the similarity sums consume ``core.e`` in place.
             shared = _cores_for(zs, list(self.sets))
-            # A shared base core first: the derived T = 1 target then takes its runner-up
-            # from the base's (:func:`kdlens.measures.core._runner_from_base`).
-            for t in sorted(self.sets, key=lambda t: not (t in shared and t != 1.0)):
-                ms = self.sets[t]
+            # Their targets share a row maximum and a row sum (bit-identical or last-bit).
+            targets = _shared_targets(shared, ys)
+            for t, ms in self.sets.items():
                 cols, core, tg, _ = _per_example_core(
-                    zs, ys, t, self.delta, shared.pop(t, None), ps
+                    zs, ys, t, self.delta, shared.pop(t, None), ps, targets.pop(t, None)
                 )
                 parts[t].append(cols)
                 if ms.sim is not None:

@@ -86,13 +86,12 @@ class _Core:
         index for every T > 0), so a few multiplies replace a second copy, shift and
         exponential pass. For a power-of-two T the shifted logits are bit-identical to a
         direct T = 1 pass and ``e ** T`` is within a few ulps of ``exp``; both underflow
-        to 0 at the same place. Sets this core's :attr:`log_s1` on the way (the squarings
-        are shared with it: the same bits as :func:`_log_s_at_one`).
+        to 0 at the same place. This core's :attr:`log_s1` is the derived core's
+        ``log_s`` once its target is formed (:func:`_shared_targets`).
         """
-        t = int(self.temperature)
-        e1, row_sum = _power_and_row_sum(self.e, t)
-        self.log_s1 = np.log(row_sum)
-        one = _Core._from_shifted(self.x * t, e1, 1.0)
+        one = _Core._from_shifted(
+            self.x * int(self.temperature), _power(self.e, int(self.temperature)), 1.0
+        )
         one.base = self
         return one
 
@@ -222,17 +221,6 @@ def _power(e: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _power_and_row_sum(e: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``e ** n`` (a new array, n >= 2) and :func:`_row_sum_power` ``(e, n)``, sharing the
-    squarings: the same bits as the two functions called apart."""
-    half = _power(e, n // 2)
-    row_sum = _row_sum_power_from(half, e, n)
-    out = np.multiply(half, half, out=None if half is e else half)
-    if n % 2:
-        out *= e
-    return out, row_sum
-
-
 def _row_sum_power_from(half: np.ndarray, e: np.ndarray, n: int) -> np.ndarray:
     if n % 2:
         return np.einsum("ij,ij,ij->i", half, half, e)
@@ -277,6 +265,19 @@ def _cores_for(z: np.ndarray, temperatures: list[float]) -> dict[float, _Core]:
         return {}
     core = _Core(z, base)
     return {base: core, 1.0: core.at_one()}
+
+
+def _shared_targets(shared: dict[float, _Core], y: np.ndarray) -> dict[float, _Target]:
+    """The targets of the cores of :func:`_cores_for` (labels ``y`` without -1): the base
+    first, so the derived T = 1 target takes its runner-up from it, and the base's
+    :attr:`_Core.log_s1` is the T = 1 target's normaliser (its sums formed once)."""
+    if not shared or bool((y < 0).any()):
+        return {}
+    base_t = next(t for t in shared if t != 1.0)
+    base, one = shared[base_t], shared[1.0]
+    out = {base_t: _Target(base, y), 1.0: _Target(one, y)}
+    base.log_s1 = one.log_s
+    return out
 
 
 def _normalize_nt(h: np.ndarray, k: int) -> np.ndarray:
