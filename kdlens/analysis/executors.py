@@ -6,9 +6,8 @@ results of the tasks in the plan's order (:mod:`kdlens.analysis.tasks`), so the 
 is the same fold whoever computed the partials. At most two tasks per worker are in
 flight: memory stays bounded by the task size, not by the store.
 
-- ``local`` with ``workers=1`` (the default) runs the tasks here (numpy and Parquet
-  decoding release the GIL): two tasks at a time on two threads while a task's state is
-  small, else one after another with two threads per task (``running(spec, threads=...)``);
+- ``local`` with ``workers=1`` (the default) runs the tasks here, one after another, two
+  threads per task (numpy and Parquet decoding release the GIL);
 - ``local`` with ``workers=N`` runs them in ``N`` processes (one thread each);
 - ``dask`` submits them to Dask's distributed scheduler (``kdlens[dask]``, imported only
   here): the cluster at ``scheduler`` (its workers must import kdlens), or a
@@ -126,28 +125,10 @@ class _Windowed(Runner):
                 f.cancel()
 
 
-class _Threaded(_Windowed):
-    """In this process, on a pool of threads (results in submission order)."""
-
-    in_process = True
-
-
 @contextlib.contextmanager
-def running(spec: EngineSpec, *, threads: int = 1) -> Iterator[Runner]:
-    """Start the engine of ``spec`` for one pass; close it (and any cluster) after.
-
-    ``threads`` > 1 runs the tasks of the in-process engine on that many threads at once
-    (whole tasks to a thread: no thread waits for another's batch, as two threads
-    sharing one task's batches do at its end). Results are in plan order either way.
-    """
-    if spec.in_process and threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(threads, thread_name_prefix="kdlens-task") as pool:
-            # One task queued beyond the running ones, so a thread finishing before the
-            # oldest task's does not wait for it.
-            yield _Threaded(pool.submit, threads + 1)
-    elif spec.in_process:
+def running(spec: EngineSpec) -> Iterator[Runner]:
+    """Start the engine of ``spec`` for one pass; close it (and any cluster) after."""
+    if spec.in_process:
         yield Runner()
     elif spec.kind == "local":
         with _pool(spec.workers) as pool:

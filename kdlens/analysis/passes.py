@@ -17,16 +17,13 @@ groups (:mod:`kdlens.analysis.tasks`) that an engine runs (:mod:`kdlens.analysis
 this process, a process pool, or Dask). In a task, batches come from the store's
 prefetch thread and are dealt to two accumulator slots in turn; slots merge in slot
 order and the tasks' partials in the plan's order, so results depend neither on timing
-nor on the engine. This process runs two tasks at once on two threads, each task's
-slots in one thread as a worker does (or, where a task's K x K state is large, one task
-at a time with a thread per slot).
+nor on the engine. This process streams every task's batches from one reader to a
+thread per slot (:mod:`kdlens.analysis.stream`).
 """
 
 from __future__ import annotations
 
 import collections
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,8 +31,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from kdlens._internal.progress import as_progress
-from kdlens._internal.resources import check_memory, reuse_freed_memory, similarity_bytes
+from kdlens._internal.resources import check_memory, reuse_freed_memory
 from kdlens.analysis.executors import EngineSpec, current_engine, engine_spec, running
+from kdlens.analysis.stream import SLOTS, stream_tasks
 from kdlens.analysis.tasks import CheckOptions, Task, add_stats, check_batches, plan_tasks, refuse
 from kdlens.measures.calibration import TemperatureFitAccumulator
 from kdlens.measures.core import _cores_for, _shared_targets
@@ -55,15 +53,10 @@ __all__ = [
 ]
 
 #: Accumulator slots of a task: batch i goes to slot i mod 2, the slots merge in order.
-#: The slots, not the threads, fix the result. Also the number of threads of the
-#: in-process engine (numpy and Parquet decoding release the GIL): two whole tasks at
-#: once, or (large K) one task with a thread per slot. Dealing one task's batches to two
-#: threads left one idle at every task's end (the pass took 1.03 s wall on 1.67 s CPU).
-_WORKERS = 2
-#: The most K x K similarity state (bytes) for which tasks run two at a time in this
-#: process; above it, and above :data:`_LARGE_K` classes, one at a time, two threads each.
-_THREADED_TASKS_BYTES = 512 << 20
-_LARGE_K = 2048
+#: This process runs each slot on a thread of its own (numpy and Parquet decoding release
+#: the GIL: :mod:`kdlens.analysis.stream`); a worker process of a pool or a cluster runs
+#: both slots in one thread. The slots, not the threads, fix the result.
+_WORKERS = SLOTS
 #: Logits per slice of a batch in the per-example kernel (2 MiB per float64 temporary).
 _SLICE_ELEMENTS = 1 << 18
 
@@ -270,15 +263,20 @@ def run_pass(
     files = [st.find(p.part.run, p.part.checkpoint, p.part.split) for p in plans]
     tasks = plan_tasks(files, k)
     out: list[PartResult] = []
-    # While a task's state is small, the in-process engine runs two whole tasks at once
-    # (each in one thread, as a worker process does); else one task, its slots on two threads.
-    whole = _small_state(k, sims)
-    with running(spec, threads=_WORKERS if whole else 1) as runner:
-        env = _TaskEnv(
-            k, delta, n_bins, check, batch_rows, 2 if runner.in_process and not whole else 1
-        )
-        advance = (lambda n: prog.advance(task, n)) if runner.in_process else None
-        partials = runner.map(run_task, ((t, plans[t.index], env, advance) for t in tasks))
+    with running(spec) as runner:
+        env = _TaskEnv(k, delta, n_bins, check, batch_rows)
+        if runner.in_process:  # one reader and a thread per slot over every task
+            partials = stream_tasks(
+                tasks,
+                lambda t: _PartAccumulators(plans[t.index], k, delta, n_bins),
+                check,
+                k,
+                batch_rows,
+                lambda n: prog.advance(task, n),
+                _WORKERS,
+            )
+        else:
+            partials = runner.map(run_task, ((t, plans[t.index], env) for t in tasks))
         by_plan = collections.Counter(t.index for t in tasks)
         for i, plan in enumerate(plans):
             part = plan.part
@@ -287,7 +285,7 @@ def run_pass(
             stats: dict[str, int] = {}
             for _ in range(by_plan[i]):
                 got, got_stats = next(partials)
-                if advance is None:
+                if not runner.in_process:
                     prog.advance(task, got_stats["rows"])
                 acc = got if acc is None else acc.merge(got)
                 add_stats(stats, got_stats)
@@ -296,12 +294,6 @@ def run_pass(
                 acc = _PartAccumulators(plan, k, delta, n_bins)
             out.append(PartResult(plan, acc.sets, acc.tfit, acc.extras, stats))
     return out
-
-
-def _small_state(k: int, sims: int) -> bool:
-    """Whether three tasks' accumulators at once (two running, one queued) stay small:
-    at most :data:`_THREADED_TASKS_BYTES` of K x K similarity state, and no large K."""
-    return k <= _LARGE_K and similarity_bytes(k, 3 * _WORKERS * sims) <= _THREADED_TASKS_BYTES
 
 
 @dataclass(frozen=True)
@@ -313,7 +305,6 @@ class _TaskEnv:
     n_bins: int
     check: CheckOptions
     batch_rows: int | None
-    threads: int
 
 
 def run_task(
@@ -327,9 +318,7 @@ def run_task(
         part_batches(task.part, env.k, row_groups=task.row_groups, batch_rows=env.batch_rows)
     )
     checked = check_batches(batches, env.check, advance or (lambda n: None), stats)
-    acc = _run_workers(
-        checked, lambda: _PartAccumulators(plan, env.k, env.delta, env.n_bins), env.threads
-    )
+    acc = _run_workers(checked, lambda: _PartAccumulators(plan, env.k, env.delta, env.n_bins))
     return acc, stats
 
 
@@ -357,48 +346,14 @@ def _sink_part(
 
 
 def _run_workers(
-    batches: Iterator[Batch], make: Callable[[], _PartAccumulators], n_threads: int
+    batches: Iterator[Batch], make: Callable[[], _PartAccumulators]
 ) -> _PartAccumulators:
-    """Deal batches to :data:`_WORKERS` slots in turn (batch i to slot i mod n), run by
-    ``n_threads`` threads (1 or one per slot), and merge the slots in order, so the result
-    depends neither on timing nor on the number of threads."""
-    workers = _WORKERS
-    accs = [make() for _ in range(workers)]
-    if n_threads == 1:
-        for i, b in enumerate(batches):
-            accs[i % workers].update(b)
-        for other in accs[1:]:
-            accs[0].merge(other)
-        return accs[0]
-    inboxes: list[queue.Queue[Batch | None]] = [queue.Queue(maxsize=1) for _ in accs]
-    errors: list[BaseException] = []
-
-    def work(acc: _PartAccumulators, inbox: queue.Queue[Batch | None]) -> None:
-        while (b := inbox.get()) is not None:
-            if not errors:  # after a failure, drain without work so the dealer never blocks
-                try:
-                    acc.update(b)
-                except BaseException as exc:
-                    errors.append(exc)
-
-    threads = [
-        threading.Thread(target=work, args=(a, q), name="kdlens-pass", daemon=True)
-        for a, q in zip(accs, inboxes, strict=True)
-    ]
-    for t in threads:
-        t.start()
-    try:
-        for i, b in enumerate(batches):
-            if errors:
-                break
-            inboxes[i % workers].put(b)
-    finally:
-        for q in inboxes:
-            q.put(None)
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+    """Deal batches to :data:`_WORKERS` slots in turn (batch i to slot i mod n) and merge
+    the slots in order: what :func:`~kdlens.analysis.stream.stream_tasks` computes with a
+    thread per slot, in one thread."""
+    accs = [make() for _ in range(_WORKERS)]
+    for i, b in enumerate(batches):
+        accs[i % _WORKERS].update(b)
     for other in accs[1:]:
         accs[0].merge(other)
     return accs[0]
