@@ -185,3 +185,36 @@ def test_dask_missing_is_a_clear_error(store: Path, monkeypatch: pytest.MonkeyPa
     res = runner.invoke(app, ["recommend", str(store), "--engine", "dask"])
     assert res.exit_code == 2
     assert 'pip install "kdlens[dask]"' in res.stderr
+
+
+@pytest.mark.parametrize("fail_at", [0, 1, 5])
+def test_the_in_process_stream_raises_a_slot_failure_and_does_not_hang(
+    store: Path, fail_at: int
+) -> None:
+    # A failure in either slot thread, in any task, reaches the caller (no thread waits
+    # for a batch that never comes); the other slot's partials before it are complete.
+    from kdlens.analysis.stream import stream_tasks
+
+    st = open_store(store)
+    plan = plan_tasks([[p] for p in st.parts], K, max_elements=200 * K)
+
+    class Acc:
+        seen = 0
+
+        def __init__(self, task: tasks.Task) -> None:
+            self.rows = 0
+
+        def update(self, b) -> None:  # noqa: ANN001
+            Acc.seen += 1
+            if Acc.seen > fail_at:
+                raise RuntimeError("boom")
+            self.rows += len(b)
+
+        def merge(self, other: Acc) -> Acc:
+            self.rows += other.rows
+            return self
+
+    got = stream_tasks(plan, Acc, tasks.CheckOptions(), K, 100, lambda n: None)
+    with pytest.raises(RuntimeError, match="boom"):
+        for acc, stats in got:
+            assert acc.rows == stats["rows"]  # every row of a finished task counted once

@@ -347,3 +347,32 @@ def test_t1_core_derived_from_integer_t_matches_a_direct_pass(seed, scale, t):
     want, *_ = sl._per_example_core(z, y, 1.0, 0.01)
     for name, col in want.items():
         np.testing.assert_allclose(got[name], col, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    scale=st.sampled_from([0.1, 3.0, 40.0, 400.0]),
+    t=st.sampled_from([2, 3, 4, 7]),
+)
+def test_derived_t1_runner_up_from_the_base_target_is_bit_identical(seed, scale, t):
+    # The pass forms both targets first (_shared_targets): the derived T = 1 target takes
+    # its runner-up as a power of the base's instead of a second row maximum (same bits),
+    # and the base's T = 1 normaliser is the T = 1 target's (last bits only).
+    from kdlens.measures.core import _cores_for, _shared_targets
+
+    z, y = inputs.random_teacher(300, 9, seed=seed, scale=scale)
+    shared = _cores_for(z, [1.0, float(t)])
+    targets = _shared_targets(shared, y)
+    assert shared[1.0].base is shared[float(t)] and shared[float(t)].runner is not None
+    got1, _, tg_got, _ = sl._per_example_core(z, y, 1.0, 0.01, shared[1.0], None, targets[1.0])
+    got_t, *_ = sl._per_example_core(z, y, float(t), 0.01, shared[float(t)], None, targets[t])
+    alone = _cores_for(z, [1.0, float(t)])
+    alone[1.0].base = None  # the row maximum of the derived e itself
+    want1, _, tg_want, _ = sl._per_example_core(z, y, 1.0, 0.01, alone[1.0])
+    want_t, *_ = sl._per_example_core(z, y, float(t), 0.01, alone[float(t)])
+    np.testing.assert_array_equal(tg_got.x_runner, tg_want.x_runner)
+    for name, col in want1.items():
+        np.testing.assert_array_equal(got1[name], col, err_msg=name)
+    for name, col in want_t.items():
+        np.testing.assert_allclose(got_t[name], col, rtol=1e-13, atol=1e-13, err_msg=name)

@@ -6,8 +6,9 @@ results of the tasks in the plan's order (:mod:`kdlens.analysis.tasks`), so the 
 is the same fold whoever computed the partials. At most two tasks per worker are in
 flight: memory stays bounded by the task size, not by the store.
 
-- ``local`` with ``workers=1`` (the default) runs the tasks here, one after another, two
-  threads per task (numpy and Parquet decoding release the GIL);
+- ``local`` with ``workers=1`` (the default) runs the tasks here: one reader streams every
+  task's batches to a thread per accumulator slot (:mod:`kdlens.analysis.stream`; numpy
+  and Parquet decoding release the GIL);
 - ``local`` with ``workers=N`` runs them in ``N`` processes (one thread each);
 - ``dask`` submits them to Dask's distributed scheduler (``kdlens[dask]``, imported only
   here): the cluster at ``scheduler`` (its workers must import kdlens), or a

@@ -15,16 +15,15 @@ temperature, and last the :class:`~kdlens.measures.similarity.SimilarityAccumula
 (which reuses the pass's buffers in place). The parts are split into tasks of row
 groups (:mod:`kdlens.analysis.tasks`) that an engine runs (:mod:`kdlens.analysis.executors`:
 this process, a process pool, or Dask). In a task, batches come from the store's
-prefetch thread and are dealt to two accumulator slots in turn (run by two threads in
-this process, one in a worker); slots merge in slot order and the tasks' partials in
-the plan's order, so results depend neither on timing nor on the engine.
+prefetch thread and are dealt to two accumulator slots in turn; slots merge in slot
+order and the tasks' partials in the plan's order, so results depend neither on timing
+nor on the engine. This process streams every task's batches from one reader to a
+thread per slot (:mod:`kdlens.analysis.stream`).
 """
 
 from __future__ import annotations
 
 import collections
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,9 +33,10 @@ import numpy as np
 from kdlens._internal.progress import as_progress
 from kdlens._internal.resources import check_memory, reuse_freed_memory
 from kdlens.analysis.executors import EngineSpec, current_engine, engine_spec, running
+from kdlens.analysis.stream import SLOTS, stream_tasks
 from kdlens.analysis.tasks import CheckOptions, Task, add_stats, check_batches, plan_tasks, refuse
 from kdlens.measures.calibration import TemperatureFitAccumulator
-from kdlens.measures.core import _cores_for
+from kdlens.measures.core import _cores_for, _shared_targets
 from kdlens.measures.softlabels import _Core, _per_example_core, _Target
 from kdlens.measures.summary import SoftLabelAccumulator
 from kdlens.store.format import Batch, Part
@@ -53,10 +53,10 @@ __all__ = [
 ]
 
 #: Accumulator slots of a task: batch i goes to slot i mod 2, the slots merge in order.
-#: In this process each slot has its thread (numpy and Parquet decoding release the GIL,
-#: so two threads roughly halve the compute on two cores); a worker process of a pool or
-#: a cluster runs both slots in one thread. The slots, not the threads, fix the result.
-_WORKERS = 2
+#: This process runs each slot on a thread of its own (numpy and Parquet decoding release
+#: the GIL: :mod:`kdlens.analysis.stream`); a worker process of a pool or a cluster runs
+#: both slots in one thread. The slots, not the threads, fix the result.
+_WORKERS = SLOTS
 #: Logits per slice of a batch in the per-example kernel (2 MiB per float64 temporary).
 _SLICE_ELEMENTS = 1 << 18
 
@@ -169,9 +169,11 @@ class _PartAccumulators:
             # T = 1 beside an integer T (analysis and ranking in one report) shares one
             # exponential pass; formed before the similarity sums consume ``core.e`` in place.
             shared = _cores_for(zs, list(self.sets))
+            # Their targets share a row maximum and a row sum (bit-identical or last-bit).
+            targets = _shared_targets(shared, ys)
             for t, ms in self.sets.items():
                 cols, core, tg, _ = _per_example_core(
-                    zs, ys, t, self.delta, shared.pop(t, None), ps
+                    zs, ys, t, self.delta, shared.pop(t, None), ps, targets.pop(t, None)
                 )
                 parts[t].append(cols)
                 if ms.sim is not None:
@@ -262,9 +264,19 @@ def run_pass(
     tasks = plan_tasks(files, k)
     out: list[PartResult] = []
     with running(spec) as runner:
-        env = _TaskEnv(k, delta, n_bins, check, batch_rows, 2 if runner.in_process else 1)
-        advance = (lambda n: prog.advance(task, n)) if runner.in_process else None
-        partials = runner.map(run_task, ((t, plans[t.index], env, advance) for t in tasks))
+        env = _TaskEnv(k, delta, n_bins, check, batch_rows)
+        if runner.in_process:  # one reader and a thread per slot over every task
+            partials = stream_tasks(
+                tasks,
+                lambda t: _PartAccumulators(plans[t.index], k, delta, n_bins),
+                check,
+                k,
+                batch_rows,
+                lambda n: prog.advance(task, n),
+                _WORKERS,
+            )
+        else:
+            partials = runner.map(run_task, ((t, plans[t.index], env) for t in tasks))
         by_plan = collections.Counter(t.index for t in tasks)
         for i, plan in enumerate(plans):
             part = plan.part
@@ -273,7 +285,7 @@ def run_pass(
             stats: dict[str, int] = {}
             for _ in range(by_plan[i]):
                 got, got_stats = next(partials)
-                if advance is None:
+                if not runner.in_process:
                     prog.advance(task, got_stats["rows"])
                 acc = got if acc is None else acc.merge(got)
                 add_stats(stats, got_stats)
@@ -293,7 +305,6 @@ class _TaskEnv:
     n_bins: int
     check: CheckOptions
     batch_rows: int | None
-    threads: int
 
 
 def run_task(
@@ -307,9 +318,7 @@ def run_task(
         part_batches(task.part, env.k, row_groups=task.row_groups, batch_rows=env.batch_rows)
     )
     checked = check_batches(batches, env.check, advance or (lambda n: None), stats)
-    acc = _run_workers(
-        checked, lambda: _PartAccumulators(plan, env.k, env.delta, env.n_bins), env.threads
-    )
+    acc = _run_workers(checked, lambda: _PartAccumulators(plan, env.k, env.delta, env.n_bins))
     return acc, stats
 
 
@@ -337,48 +346,14 @@ def _sink_part(
 
 
 def _run_workers(
-    batches: Iterator[Batch], make: Callable[[], _PartAccumulators], n_threads: int
+    batches: Iterator[Batch], make: Callable[[], _PartAccumulators]
 ) -> _PartAccumulators:
-    """Deal batches to :data:`_WORKERS` slots in turn (batch i to slot i mod n), run by
-    ``n_threads`` threads (1 or one per slot), and merge the slots in order, so the result
-    depends neither on timing nor on the number of threads."""
-    workers = _WORKERS
-    accs = [make() for _ in range(workers)]
-    if n_threads == 1:
-        for i, b in enumerate(batches):
-            accs[i % workers].update(b)
-        for other in accs[1:]:
-            accs[0].merge(other)
-        return accs[0]
-    inboxes: list[queue.Queue[Batch | None]] = [queue.Queue(maxsize=1) for _ in accs]
-    errors: list[BaseException] = []
-
-    def work(acc: _PartAccumulators, inbox: queue.Queue[Batch | None]) -> None:
-        while (b := inbox.get()) is not None:
-            if not errors:  # after a failure, drain without work so the dealer never blocks
-                try:
-                    acc.update(b)
-                except BaseException as exc:
-                    errors.append(exc)
-
-    threads = [
-        threading.Thread(target=work, args=(a, q), name="kdlens-pass", daemon=True)
-        for a, q in zip(accs, inboxes, strict=True)
-    ]
-    for t in threads:
-        t.start()
-    try:
-        for i, b in enumerate(batches):
-            if errors:
-                break
-            inboxes[i % workers].put(b)
-    finally:
-        for q in inboxes:
-            q.put(None)
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+    """Deal batches to :data:`_WORKERS` slots in turn (batch i to slot i mod n) and merge
+    the slots in order: what :func:`~kdlens.analysis.stream.stream_tasks` computes with a
+    thread per slot, in one thread."""
+    accs = [make() for _ in range(_WORKERS)]
+    for i, b in enumerate(batches):
+        accs[i % _WORKERS].update(b)
     for other in accs[1:]:
         accs[0].merge(other)
     return accs[0]

@@ -57,6 +57,9 @@ def plan_tasks(
             # (kdlens writes them bounded), so the mean bounds a range well enough.
             per_group = math.ceil(part.num_rows / len(groups)) * max(num_classes, 1)
             step = max(1, max_elements // max(per_group, 1))
+            # An even number of row groups (one batch each, as kdlens writes them) splits
+            # evenly between a task's two accumulator slots.
+            step -= step % 2 if step > 1 else 0
             for i in range(0, len(groups), step):
                 tasks.append(Task(index, part, tuple(groups[i : i + step])))
     return tasks

@@ -26,7 +26,7 @@ class _Core:
     forms a target does not sum ``e`` twice.
     """
 
-    __slots__ = ("x", "e", "_s", "_log_s", "ex", "temperature", "log_s1")
+    __slots__ = ("x", "e", "_s", "_log_s", "ex", "temperature", "log_s1", "base", "runner")
 
     def __init__(self, z: np.ndarray, temperature: float) -> None:
         # The row maximum of the float32 logits, divided by T, is the maximum of the
@@ -47,6 +47,10 @@ class _Core:
         self.ex: np.ndarray | None = None  # sum(e * x) per row, filled when needed
         #: the T = 1 normaliser ``log sum exp(z - max z)``, when formed beside this core
         self.log_s1: np.ndarray | None = None
+        #: the core this one was derived from by :meth:`at_one` (None: formed directly)
+        self.base: _Core | None = None
+        #: (labels, largest non-target ``e`` per row), left by this core's :class:`_Target`
+        self.runner: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def s(self) -> np.ndarray:
@@ -72,7 +76,7 @@ class _Core:
     def _from_shifted(cls, x: np.ndarray, e: np.ndarray, temperature: float) -> _Core:
         core = cls.__new__(cls)
         core.x, core.e, core.temperature = x, e, temperature
-        core._s = core._log_s = core.ex = core.log_s1 = None
+        core._s = core._log_s = core.ex = core.log_s1 = core.base = core.runner = None
         return core
 
     def at_one(self) -> _Core:
@@ -82,13 +86,14 @@ class _Core:
         index for every T > 0), so a few multiplies replace a second copy, shift and
         exponential pass. For a power-of-two T the shifted logits are bit-identical to a
         direct T = 1 pass and ``e ** T`` is within a few ulps of ``exp``; both underflow
-        to 0 at the same place. Sets this core's :attr:`log_s1` on the way (the squarings
-        are shared with it: the same bits as :func:`_log_s_at_one`).
+        to 0 at the same place. This core's :attr:`log_s1` is the derived core's
+        ``log_s`` once its target is formed (:func:`_shared_targets`).
         """
-        t = int(self.temperature)
-        e1, row_sum = _power_and_row_sum(self.e, t)
-        self.log_s1 = np.log(row_sum)
-        return _Core._from_shifted(self.x * t, e1, 1.0)
+        one = _Core._from_shifted(
+            self.x * int(self.temperature), _power(self.e, int(self.temperature)), 1.0
+        )
+        one.base = self
+        return one
 
     def entropy(self) -> np.ndarray:
         if self.ex is None:
@@ -128,7 +133,10 @@ class _Target:
         e[rows, y] = 0.0
         s_nt = e.sum(axis=1)
         ex_nt = np.einsum("ij,ij->i", e, x)
-        e_runner = e.max(axis=1)
+        e_runner = _runner_from_base(core, y)
+        if e_runner is None:
+            e_runner = e.max(axis=1)
+        core.runner = (y, e_runner)
         # Recover the full-row sums by addition (same sign terms: no cancellation).
         core.s = s_nt + e_y
         core.log_s = np.log(core.s)
@@ -178,6 +186,24 @@ class _Target:
         return q
 
 
+def _runner_from_base(core: _Core, y: np.ndarray) -> np.ndarray | None:
+    """The largest non-target ``e`` per row of a core derived by :meth:`_Core.at_one`,
+    from its base core's target (formed first, same labels), else None.
+
+    ``e1 = e ** T`` is formed elementwise by the squarings of :func:`_power`, each a
+    correctly rounded multiply of non-negative numbers and so non-decreasing: the power
+    of the base's row maximum is the row maximum of ``e1``, bit for bit, without a
+    second (n, K) reduction.
+    """
+    base = core.base
+    if base is None or base.runner is None:
+        return None
+    labels, runner = base.runner
+    if labels is not y and not np.array_equal(labels, y):
+        return None
+    return _power(runner, int(base.temperature))
+
+
 def _margin_from(core: _Core, y: np.ndarray, tg: _Target) -> np.ndarray:
     """``z_y - max_{j != y} z_j`` in logit units (T = 1), from the shifted frame."""
     return (tg.x_y - tg.x_runner) * core.temperature
@@ -193,17 +219,6 @@ def _power(e: np.ndarray, n: int) -> np.ndarray:
     if n % 2:
         out *= e
     return out
-
-
-def _power_and_row_sum(e: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``e ** n`` (a new array, n >= 2) and :func:`_row_sum_power` ``(e, n)``, sharing the
-    squarings: the same bits as the two functions called apart."""
-    half = _power(e, n // 2)
-    row_sum = _row_sum_power_from(half, e, n)
-    out = np.multiply(half, half, out=None if half is e else half)
-    if n % 2:
-        out *= e
-    return out, row_sum
 
 
 def _row_sum_power_from(half: np.ndarray, e: np.ndarray, n: int) -> np.ndarray:
@@ -250,6 +265,19 @@ def _cores_for(z: np.ndarray, temperatures: list[float]) -> dict[float, _Core]:
         return {}
     core = _Core(z, base)
     return {base: core, 1.0: core.at_one()}
+
+
+def _shared_targets(shared: dict[float, _Core], y: np.ndarray) -> dict[float, _Target]:
+    """The targets of the cores of :func:`_cores_for` (labels ``y`` without -1): the base
+    first, so the derived T = 1 target takes its runner-up from it, and the base's
+    :attr:`_Core.log_s1` is the T = 1 target's normaliser (its sums formed once)."""
+    if not shared or bool((y < 0).any()):
+        return {}
+    base_t = next(t for t in shared if t != 1.0)
+    base, one = shared[base_t], shared[1.0]
+    out = {base_t: _Target(base, y), 1.0: _Target(one, y)}
+    base.log_s1 = one.log_s
+    return out
 
 
 def _normalize_nt(h: np.ndarray, k: int) -> np.ndarray:

@@ -251,11 +251,14 @@ def _per_example_core(
     delta: float,
     core: _Core | None = None,
     prediction: np.ndarray | None = None,
+    target: _Target | None = None,
 ) -> tuple[dict[str, np.ndarray], _Core, _Target, np.ndarray]:
     """:func:`_compute_per_example` plus its intermediates (for the similarity sums)
     and the labels it used (the prediction where ``y`` is -1). ``core``: a core of ``z`` at
     ``temperature`` already formed (:func:`kdlens.measures.core._cores_for`);
-    ``prediction``: ``argmax(z, axis=1)`` already formed (it does not depend on T)."""
+    ``prediction``: ``argmax(z, axis=1)`` already formed (it does not depend on T);
+    ``target``: ``core``'s target for labels ``y`` (none missing) already formed
+    (:func:`kdlens.measures.core._shared_targets`)."""
     n, k = z.shape
     if core is None:
         core = _Core(z, temperature)
@@ -266,7 +269,7 @@ def _per_example_core(
         # T > 0 (x is 0 exactly where z / T equals its maximum), and float32 is half the read.
         prediction = np.argmax(z, axis=1)
     y_safe = np.where(missing, prediction, y) if any_missing else y
-    tg = _Target(core, y_safe)
+    tg = _Target(core, y_safe) if target is None or any_missing else target
     h = core.entropy()
     # NLL and confidence are at T = 1 whatever T the soft labels are measured at:
     # log p_y(T=1) = T * x_y - log s1 in the core's shifted frame (+0.0 for a perfect fit).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -216,12 +216,15 @@ def _part_batches(
                 yield b
 
 
-def prefetch(it: Iterator[Batch]) -> Iterator[Batch]:
+_T = TypeVar("_T")
+
+
+def prefetch(it: Iterator[_T]) -> Iterator[_T]:
     """``it``, its next batch read in a background thread (at most two in memory)."""
     return _prefetch(it)
 
 
-def _prefetch(it: Iterator[Batch]) -> Iterator[Batch]:
+def _prefetch(it: Iterator[_T]) -> Iterator[_T]:
     import queue
     import threading
 

@@ -17,6 +17,7 @@ faster than naive, peak RSS <= 1.5 GiB.
 
     python tests/benchmarks/bench_analyze.py --n 1000000 --k 100
     python tests/benchmarks/bench_analyze.py --n 200000 --k 1000
+    python tests/benchmarks/bench_analyze.py --skip-naive --repeats 3 --compare /tmp/base
 """
 
 from __future__ import annotations
@@ -57,11 +58,11 @@ ANALYZE = r"""
 import resource, sys, time, json
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from kdlens.analysis.engine import analyze
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 res = analyze(sys.argv[1], n_permutations=int(sys.argv[2]))
-wall = time.perf_counter() - t0
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 row = res.summary.row(0, named=True)
-print(json.dumps({"wall": wall, "rss_mib": rss(),
+print(json.dumps({"wall": wall, "cpu": cpu, "rss_mib": rss(),
                   "n": row["n"], "entropy": row["entropy"], "si": row["similarity_information"]}))
 """
 
@@ -112,8 +113,8 @@ def write_store(path: Path, n: int, k: int, seed: int = 0) -> None:
             w.write(z, split="train", labels=y, example_ids=np.arange(start, start + m))
 
 
-def run(script: str, path: Path, *extra: str) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def run(script: str, path: Path, *extra: str, tree: Path = REPO) -> dict[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     out = subprocess.run(
         [sys.executable, "-c", script, str(path), *extra], capture_output=True, text=True, env=env
@@ -141,6 +142,13 @@ def main() -> None:
         help="structure-test permutations passed to analyze (0 skips the test)",
     )
     ap.add_argument("--repeats", type=int, default=1, help="runs of each step (best is reported)")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="also run analyze with kdlens from this tree (e.g. `git archive` of a baseline), "
+        "interleaved with this one's and the floor, on the same store",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / f"bench_{args.n}x{args.k}.parquet"
@@ -152,21 +160,28 @@ def main() -> None:
             f"written in {time.perf_counter() - t0:.1f}s",
             flush=True,
         )
-        steps = {"floor": FLOOR, "analyze": ANALYZE} | ({} if args.skip_naive else {"naive": NAIVE})
+        steps: dict[str, tuple[str, Path]] = {"floor": (FLOOR, REPO), "analyze": (ANALYZE, REPO)}
+        if args.compare is not None:
+            steps["analyze (compare)"] = (ANALYZE, args.compare.resolve())
+        if not args.skip_naive:
+            steps["naive"] = (NAIVE, REPO)
         results: dict[str, dict[str, float]] = {}
-        for name, script in steps.items():
-            best = None
-            for _ in range(args.repeats):
-                r = run(script, path, *([str(args.permutations)] if name == "analyze" else []))
-                if best is None or r["wall"] < best["wall"]:
-                    best = r
-            assert best is not None
-            results[name] = best
+        for _ in range(args.repeats):  # interleaved, so load changes hit every step alike
+            for name, (script, tree) in steps.items():
+                extra = [str(args.permutations)] if script is ANALYZE else []
+                r = run(script, path, *extra, tree=tree)
+                if name not in results or r["wall"] < results[name]["wall"]:
+                    results[name] = r
+        for name, best in results.items():
+            cpu = f", {best['cpu']:6.2f} s CPU" if "cpu" in best else ""
             print(
-                f"{name:>8}: {best['wall']:7.2f} s work, {best['process_wall']:7.2f} s process, "
-                f"peak RSS {best['rss_mib']:7.0f} MiB",
+                f"{name:>17}: {best['wall']:7.2f} s work{cpu}, {best['process_wall']:7.2f} s "
+                f"process, peak RSS {best['rss_mib']:7.0f} MiB",
                 flush=True,
             )
+        if "analyze (compare)" in results:
+            c = results["analyze (compare)"]
+            print(f"compare / floor = {c['wall'] / results['floor']['wall']:.2f}x")
         a, f = results["analyze"], results["floor"]
         print(f"analyze / floor = {a['wall'] / f['wall']:.2f}x (goal <= 2)")
         if "naive" in results:
