@@ -261,3 +261,31 @@ def test_prefetch_reraises_reader_errors(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(store, "iter_batches", broken)
     with pytest.raises(StoreError, match="disk on fire"):
         list(store.prefetch_batches("r", "c", "t"))
+
+
+@pytest.mark.parametrize("where", ["open", "close"])
+def test_a_writer_interrupted_while_opening_or_closing_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # Outside the `with` block's own clean-up: an interrupted system call (a Ctrl-C or a
+    # parallel dump's stop reaching the writer) while the Parquet file is opened, or while
+    # its footer is written on close, once left a stray `.ep001.parquet.*.tmp` behind.
+    from kdlens.store import writer as writer_mod
+
+    class Interrupted(pq.ParquetWriter):
+        def __init__(self, *a: object, **kw: object) -> None:
+            super().__init__(*a, **kw)  # type: ignore[arg-type]
+            if where == "open":
+                raise KeyboardInterrupt
+
+        def close(self) -> None:
+            super().close()
+            if where == "close":
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_mod.pq, "ParquetWriter", Interrupted)
+    path = tmp_path / "ep001.parquet"
+    with pytest.raises(KeyboardInterrupt):
+        with CheckpointWriter(path, run="r", checkpoint="ep001", num_classes=3) as w:
+            w.write(np.zeros((2, 3), np.float32), split="val", labels=np.zeros(2, np.int64))
+    assert not list(tmp_path.iterdir())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,10 @@ class BackgroundWriter:
         self._t.start()
 
     def _work(self) -> None:
+        # Ctrl-C (or a parallel dump's stop) is for the main thread: delivered here it
+        # interrupts the file system calls of the Parquet writer (EINTR) mid-file.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         while True:
             item = self._q.get()
             if item is None:

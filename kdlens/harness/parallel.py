@@ -156,6 +156,7 @@ def train_runs_parallel(
             reporter.run_done(res.run, res)
     except BaseException:
         _stop(procs)
+        _remove_temporaries(out)
         raise
     for p in procs:
         p.join()
@@ -173,3 +174,16 @@ def _stop(procs: list[Any]) -> None:
         if p.is_alive():
             p.terminate()
             p.join()
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Remove the temporary files the stopped workers may have left in the run directories.
+
+    A worker stopped inside a store write normally discards its file, but one that ends
+    by ``terminate()`` or while exiting cannot (a stray ``.ep001.parquet.*.tmp`` was seen
+    under load). This process holds the output's lock, so every such file is ours.
+    """
+    for tmp in Path(out).glob("*/.*.tmp"):
+        if tmp.is_file():
+            with contextlib.suppress(OSError):
+                tmp.unlink()

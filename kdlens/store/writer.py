@@ -77,7 +77,15 @@ class CheckpointWriter:
             {METADATA_KEY: json.dumps(meta, sort_keys=True, default=str).encode()}
         )
         self._tmp = new_temp(self.path)
-        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+        try:
+            self._writer: pq.ParquetWriter | None = self._open(schema)
+        except BaseException:  # no `with` block yet to discard it: never leave the file
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self.rows_written = 0
+
+    def _open(self, schema: Any) -> pq.ParquetWriter:
+        return pq.ParquetWriter(
             self._tmp,
             schema,
             compression="snappy",
@@ -93,7 +101,6 @@ class CheckpointWriter:
                 "label",
             ],
         )
-        self.rows_written = 0
 
     def write(
         self,
@@ -150,9 +157,13 @@ class CheckpointWriter:
     def close(self) -> StorePath:
         """Finish the file and move it into place."""
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            commit_temp(self._tmp, self.path)
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+                commit_temp(self._tmp, self.path)
+            except BaseException:  # an unfinished file is never left behind
+                self._tmp.unlink(missing_ok=True)
+                raise
         return self.path
 
     def abort(self) -> None:
