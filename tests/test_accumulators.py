@@ -152,7 +152,7 @@ ACCUMULATORS = [
         lambda k, **kw: SimilarityAccumulator(k, **{"temperature": 2.0, **kw}),
         lambda acc, d: acc.update(d.z, d.y),
         _similarity_result,
-        {"num_classes": None, "temperature": 1.0},
+        {"num_classes": None, "temperature": 1.0, "entries": False},
         empty_nan=("SI", "II"),
     ),
 ]

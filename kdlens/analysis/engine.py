@@ -160,7 +160,8 @@ class AnalysisRequest:
         if ref is not None:
             # A partial, not a lambda: worker processes unpickle the plan.
             extras["reference"] = functools.partial(ReferenceExtra, ref, k, t)
-        return [PartPlan(p, {t: True}, True, dict(extras)) for p in self.parts]
+        null_at = {t} if self.n_permutations > 0 else set()
+        return [PartPlan(p, {t: True}, True, dict(extras), set(null_at)) for p in self.parts]
 
     def finish(self, results: Sequence[PartResult], examples_path: Path | None) -> AnalysisResult:
         wanted = {(p.run, p.checkpoint, p.split) for p in self.parts}

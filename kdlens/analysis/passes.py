@@ -86,6 +86,9 @@ class PartPlan:
     fit: bool = False
     #: name -> factory of a fresh :class:`Extra` (one per worker).
     extras: dict[str, Callable[[], Extra]] = field(default_factory=dict)
+    #: the temperatures whose similarity feeds a structure test (it needs the entry
+    #: histograms; elsewhere they are not kept).
+    null_at: set[float] = field(default_factory=set)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -101,6 +104,7 @@ def merge_plans(*groups: Sequence[PartPlan]) -> list[PartPlan]:
             for t, sim in p.temperatures.items():
                 m.temperatures[t] = m.temperatures.get(t, False) or sim
             m.fit = m.fit or p.fit
+            m.null_at |= p.null_at
             for name, make in p.extras.items():
                 if name in m.extras:
                     raise ValueError(f"two consumers add an extra named {name!r}")
@@ -111,11 +115,13 @@ def merge_plans(*groups: Sequence[PartPlan]) -> list[PartPlan]:
 class _MeasureSet:
     """The soft-label (and optionally similarity) accumulators at one temperature."""
 
-    def __init__(self, k: int, t: float, sim: bool, delta: float, n_bins: int) -> None:
+    def __init__(
+        self, k: int, t: float, sim: bool, delta: float, n_bins: int, entries: bool
+    ) -> None:
         from kdlens.measures.similarity import similarity_accumulator
 
         self.soft = SoftLabelAccumulator(k, temperature=t, oemc_delta=delta, n_bins=n_bins)
-        self.sim = similarity_accumulator(k, temperature=t) if sim else None
+        self.sim = similarity_accumulator(k, temperature=t, entries=entries) if sim else None
 
     def merge(self, other: _MeasureSet) -> None:
         self.soft.merge(other.soft)
@@ -129,7 +135,8 @@ class _PartAccumulators:
     def __init__(self, plan: PartPlan, k: int, delta: float, n_bins: int) -> None:
         self.delta = delta
         self.sets = {
-            t: _MeasureSet(k, t, sim, delta, n_bins) for t, sim in plan.temperatures.items()
+            t: _MeasureSet(k, t, sim, delta, n_bins, t in plan.null_at)
+            for t, sim in plan.temperatures.items()
         }
         self.tfit = TemperatureFitAccumulator(k) if plan.fit else None
         self.extras = {name: make() for name, make in plan.extras.items()}

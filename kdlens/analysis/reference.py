@@ -90,7 +90,7 @@ class ReferenceExtra:
         from kdlens.measures.similarity import SimilarityAccumulator
 
         self.ref, self.temperature = ref, temperature
-        self.sim = SimilarityAccumulator(k, temperature=1.0)
+        self.sim = SimilarityAccumulator(k, temperature=1.0, entries=False)
         self.kl_sum = 0.0
 
     def update(self, b: Batch, cols: dict[str, np.ndarray]) -> None:

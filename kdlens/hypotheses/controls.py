@@ -127,7 +127,10 @@ def _class_matrix(m: Any, z: np.ndarray, y: np.ndarray, t: float) -> np.ndarray:
         from kdlens.measures.similarity import SimilarityAccumulator
 
         return _usable(
-            SimilarityAccumulator(k, temperature=t).update(z, y).finalize(warn_absent=False).matrix,
+            SimilarityAccumulator(k, temperature=t, entries=False)
+            .update(z, y)
+            .finalize(warn_absent=False)
+            .matrix,
             y,
         )
     s = check_square(m, name="class_matrix")
@@ -252,7 +255,7 @@ def _write_part(
     if kind == "class-mean":
         from kdlens.measures.similarity import SimilarityAccumulator
 
-        acc = SimilarityAccumulator(st.num_classes, temperature=t)
+        acc = SimilarityAccumulator(st.num_classes, temperature=t, entries=False)
         for b in st.iter_batches(run, ck, split, batch_rows=batch_rows):
             _check_batch(b.logits, b.labels, b.example_ids, where)
             acc.update(b.logits, b.labels)

@@ -81,14 +81,16 @@ from kdlens.measures.similarity.sparse import (
 )
 
 
-def similarity_accumulator(num_classes: int, *, temperature: float = 1.0) -> Any:
+def similarity_accumulator(
+    num_classes: int, *, temperature: float = 1.0, entries: bool = True
+) -> Any:
     """The accumulator analyze uses: dense and exact up to ``SIMILARITY_DENSE_MAX_K``
     classes, the bounded :class:`SparseSimilarityAccumulator` above (see its module)."""
     from kdlens._internal.defaults import SIMILARITY_DENSE_MAX_K
 
     if int(num_classes) > SIMILARITY_DENSE_MAX_K:
-        return SparseSimilarityAccumulator(num_classes, temperature=temperature)
-    return SimilarityAccumulator(num_classes, temperature=temperature)
+        return SparseSimilarityAccumulator(num_classes, temperature=temperature, entries=entries)
+    return SimilarityAccumulator(num_classes, temperature=temperature, entries=entries)
 
 
 __all__ = [

@@ -268,7 +268,7 @@ def store_class_graph(
 
     st = open_store(store)
     k = st.num_classes
-    acc = SimilarityAccumulator(k, temperature=temperature)
+    acc = SimilarityAccumulator(k, temperature=temperature, entries=False)
     for batch in st.iter_batches(run, checkpoint, split):
         acc.update(batch.logits, batch.labels)
     res = acc.finalize()

@@ -21,7 +21,7 @@ from kdlens._internal.checks import (
     check_temperature,
 )
 from kdlens.errors import InputError
-from kdlens.measures.similarity.spread import EntryHistogram
+from kdlens.measures.similarity.spread import EntryHistogram, pooled_or_empty
 
 __all__ = [
     "SimilarityAccumulator",
@@ -125,6 +125,7 @@ class SimilarityAccumulator(Accumulator):
         num_classes: int,
         *,
         temperature: float = 1.0,
+        entries: bool = True,
     ) -> None:
         k = check_num_classes(num_classes)
         self.num_classes = k
@@ -134,7 +135,9 @@ class SimilarityAccumulator(Accumulator):
         self.q_sum = np.zeros((k, k), np.float64)  # sum of q per class
         self.negent_sum = np.zeros(k, np.float64)  # sum of sum_j q log q per class
         self.q_sqsum = np.zeros(k, np.float64)  # sum of sum_j q^2 per class
-        self.entry_hist = EntryHistogram(k)  # the structure test's null needs it
+        # The structure test's null needs it; ``entries=False`` where none reads it (a
+        # histogram update costs about as much as the rest of this accumulator's update).
+        self.entry_hist = EntryHistogram(k) if entries else None
 
     def update(self, logits: Any, labels: Any) -> SimilarityAccumulator:
         """Add a batch: ``logits`` (n, K), ``labels`` (n,) int with -1 = skip (counted)."""
@@ -149,7 +152,11 @@ class SimilarityAccumulator(Accumulator):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "temperature": self.temperature}
+        return {
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+            "entries": self.entry_hist is not None,
+        }
 
     def _update(self, z: np.ndarray, y: np.ndarray) -> None:
         q = np.exp(_nontarget_logq(z, y, self.temperature))  # exactly 0 at the label
@@ -196,7 +203,8 @@ class SimilarityAccumulator(Accumulator):
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         row_sq = np.einsum("ij,ij->i", q, q)
         self.q_sqsum += np.bincount(labels, weights=row_sq, minlength=k)
-        self.entry_hist.add(q, labels, row_sq)
+        if self.entry_hist is not None:
+            self.entry_hist.add(q, labels, row_sq)
         return self
 
     def _merge(self, other: SimilarityAccumulator) -> None:
@@ -206,7 +214,8 @@ class SimilarityAccumulator(Accumulator):
         self.q_sum += other.q_sum
         self.negent_sum += other.negent_sum
         self.q_sqsum += other.q_sqsum
-        self.entry_hist.merge(other.entry_hist)
+        if self.entry_hist is not None and other.entry_hist is not None:
+            self.entry_hist.merge(other.entry_hist)
 
     def finalize(self, *, warn_absent: bool = True) -> SimilarityResult:
         """The :class:`SimilarityResult`; warns when classes are absent."""
@@ -257,7 +266,7 @@ def _finalize(acc: SimilarityAccumulator, *, warn_absent: bool) -> SimilarityRes
         estimate=est,
         kl_uniform_per_class=kl_u,
         q_sqsum_per_class=acc.q_sqsum.copy(),
-        entry_hist_per_class=acc.entry_hist.pooled(),
+        entry_hist_per_class=pooled_or_empty(acc.entry_hist),
         n_unlabeled=acc.n_unlabeled,
     )
 

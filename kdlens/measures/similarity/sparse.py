@@ -45,7 +45,7 @@ from kdlens._internal.accumulator import Accumulator
 from kdlens._internal.checks import check_logits_labels, check_num_classes, check_temperature
 from kdlens._internal.defaults import SIMILARITY_SPARSE_TOP
 from kdlens.measures.similarity.matrix import _nanmean, _nontarget_logq
-from kdlens.measures.similarity.spread import EntryHistogram
+from kdlens.measures.similarity.spread import EntryHistogram, pooled_or_empty
 
 __all__ = ["SparseSimilarityAccumulator", "SparseSimilarityResult"]
 
@@ -173,7 +173,12 @@ class SparseSimilarityAccumulator(Accumulator):
     :class:`~kdlens.measures.similarity.SimilarityAccumulator`."""
 
     def __init__(
-        self, num_classes: int, *, temperature: float = 1.0, top: int = SIMILARITY_SPARSE_TOP
+        self,
+        num_classes: int,
+        *,
+        temperature: float = 1.0,
+        top: int = SIMILARITY_SPARSE_TOP,
+        entries: bool = True,
     ) -> None:
         k = check_num_classes(num_classes)
         self.num_classes = k
@@ -183,7 +188,7 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts = np.zeros(k, np.int64)
         self.negent_sum = np.zeros(k)
         self.q_sqsum = np.zeros(k)
-        self.entry_hist = EntryHistogram(k, levels=1)
+        self.entry_hist = EntryHistogram(k, levels=1) if entries else None
         self.rest = np.zeros(k)  # Σ_x of the mass outside x's top entries
         self._sums = sparse.csr_matrix((k, k))
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -191,7 +196,12 @@ class SparseSimilarityAccumulator(Accumulator):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "temperature": self.temperature, "top": self.top}
+        return {
+            "num_classes": self.num_classes,
+            "temperature": self.temperature,
+            "top": self.top,
+            "entries": self.entry_hist is not None,
+        }
 
     def update(self, logits: Any, labels: Any) -> SparseSimilarityAccumulator:
         z, y = check_logits_labels(logits, labels, num_classes=self.num_classes, allow_missing=True)
@@ -213,7 +223,8 @@ class SparseSimilarityAccumulator(Accumulator):
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         row_sq = np.einsum("ij,ij->i", q, q)
         self.q_sqsum += np.bincount(labels, weights=row_sq, minlength=k)
-        self.entry_hist.add(q, labels, row_sq)
+        if self.entry_hist is not None:
+            self.entry_hist.add(q, labels, row_sq)
         idx = np.argpartition(-q, r - 1, axis=1)[:, :r]  # r <= K - 1: never needs the label
         v = np.take_along_axis(q, idx, axis=1)
         self.rest += np.bincount(labels, weights=np.maximum(1.0 - v.sum(axis=1), 0.0), minlength=k)
@@ -258,7 +269,8 @@ class SparseSimilarityAccumulator(Accumulator):
         self.counts += other.counts
         self.negent_sum += other.negent_sum
         self.q_sqsum += other.q_sqsum
-        self.entry_hist.merge(other.entry_hist)
+        if self.entry_hist is not None and other.entry_hist is not None:
+            self.entry_hist.merge(other.entry_hist)
         self.rest += other.rest
 
     def finalize(self, *, warn_absent: bool = True) -> SparseSimilarityResult:
@@ -287,7 +299,7 @@ class SparseSimilarityAccumulator(Accumulator):
             temperature=self.temperature,
             kl_uniform_per_class=kl_u,
             q_sqsum_per_class=self.q_sqsum.copy(),
-            entry_hist_per_class=self.entry_hist.pooled(),
+            entry_hist_per_class=pooled_or_empty(self.entry_hist),
             n_unlabeled=self.n_unlabeled,
             top=self.top,
         )

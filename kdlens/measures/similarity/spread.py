@@ -149,3 +149,9 @@ def _add_chunk(hist: np.ndarray, q: np.ndarray, labels: np.ndarray) -> None:
     # Each row's label holds q = 0, which landed in the lowest bin: it is no entry.
     part[N_BINS - 1 :: N_BINS, 0] -= np.bincount(local, minlength=u)
     hist[rows] += part.reshape(u, N_BINS, 3)
+
+
+def pooled_or_empty(hist: EntryHistogram | None) -> np.ndarray:
+    """``hist.pooled()``, or an empty (0, 0, 3) array for an accumulator kept without one
+    (``entries=False``: no structure test reads it)."""
+    return hist.pooled() if hist is not None else np.zeros((0, 0, 3))
