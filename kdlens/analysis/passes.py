@@ -59,6 +59,8 @@ __all__ = [
 _WORKERS = SLOTS
 #: Logits per slice of a batch in the per-example kernel (2 MiB per float64 temporary).
 _SLICE_ELEMENTS = 1 << 18
+#: Batches whose slices have fewer rows than this are sorted by label (:func:`_label_order`).
+_SORT_BELOW_ROWS = 1024
 
 
 class Extra(Protocol):
@@ -170,6 +172,9 @@ class _PartAccumulators:
             return {}
         prediction = np.argmax(z, axis=1)  # the same at every T > 0: once per batch
         step = max(1, _SLICE_ELEMENTS // max(z.shape[1], 1))
+        order = _label_order(y, step)
+        if order is not None:
+            z, y, prediction = z[order], y[order], prediction[order]
         parts: dict[float, list[dict[str, np.ndarray]]] = {t: [] for t in self.sets}
         for lo in range(0, z.shape[0], step):
             zs, ys, ps = z[lo : lo + step], y[lo : lo + step], prediction[lo : lo + step]
@@ -187,10 +192,17 @@ class _PartAccumulators:
                     _add_similarity(ms.sim, zs, ys, core, tg)
                 del core, tg
         if z.shape[0] <= step:
-            return {t: p[0] for t, p in parts.items()}
-        return {
-            t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]} for t, ps in parts.items()
-        }
+            out = {t: p[0] for t, p in parts.items()}
+        else:
+            out = {
+                t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]}
+                for t, ps in parts.items()
+            }
+        if order is None:
+            return out
+        back = np.empty_like(order)
+        back[order] = np.arange(order.size)
+        return {t: {c: v[back] for c, v in cols.items()} for t, cols in out.items()}
 
     def merge(self, other: _PartAccumulators) -> _PartAccumulators:
         for t, ms in self.sets.items():
@@ -200,6 +212,16 @@ class _PartAccumulators:
         for name, ex in self.extras.items():
             ex.merge(other.extras[name])
         return self
+
+
+def _label_order(y: np.ndarray, step: int) -> np.ndarray | None:
+    """The batch's rows sorted by label, where slices are short enough (large K) that a
+    slice holds most classes once: the similarity's class sums are then one sequential
+    run per class instead of a scatter into K x K rows (more than half of a K = 1,000
+    slice's time). None where the sort does not pay, or a label is missing."""
+    if step > _SORT_BELOW_ROWS or y.size < 2 or int(y.min()) < 0:
+        return None
+    return np.argsort(y, kind="stable")
 
 
 def _add_similarity(acc: Any, z: np.ndarray, y: np.ndarray, core: _Core, tg: _Target) -> None:

@@ -16,6 +16,7 @@ streamed batch by batch); :func:`report_charts` builds the altair charts;
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +29,6 @@ from kdlens.report.data import (
     Progress,
     _quiet,
     collect_report_data,
-)
-from kdlens.report.render import (
-    export_charts,
-    render_report,
-)
-from kdlens.report.sections import (
-    report_charts,
 )
 
 __all__ = ["build_report"]
@@ -69,6 +63,7 @@ def build_report(
     out_path = Path(out)
     if out_path.is_dir():
         raise InputError(f"{out_path}: is a directory; give the path of the HTML file to write")
+    charts = _import_charts_meanwhile()
     data = collect_report_data(
         source,
         temperature=temperature,
@@ -85,6 +80,10 @@ def build_report(
         scheduler=scheduler,
     )
     progress("building charts")
+    charts.join()
+    from kdlens.report.render import export_charts, render_report
+    from kdlens.report.sections import report_charts
+
     sections = report_charts(data)
     page = render_report(data, sections)
     write_bytes_atomic(out_path, page.encode("utf-8"))
@@ -92,3 +91,21 @@ def build_report(
         progress(f"exporting charts to {png_dir}")
         export_charts(sections, png_dir)
     return out_path
+
+
+def _import_charts_meanwhile() -> threading.Thread:
+    """Import the chart stack (altair: ~0.4 s) on a thread while the pass runs: the
+    pass's numpy work releases the interpreter and rarely fills every core. Only
+    :mod:`kdlens.report.charts` (altair, numpy, polars), whose modules the pass never
+    imports, so the two threads never wait on each other's module locks; an import
+    error is left for the main thread's own import to raise."""
+
+    def run() -> None:
+        try:
+            import kdlens.report.charts  # noqa: F401
+        except Exception:  # noqa: BLE001 - re-raised by the main thread's import
+            pass
+
+    t = threading.Thread(target=run, name="kdlens-report-charts", daemon=True)
+    t.start()
+    return t

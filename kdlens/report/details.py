@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from kdlens.report.charts import teacher_label
+from kdlens.report.labels import teacher_label
 from kdlens.store.format import Batch
 
 __all__ = ["EntropyHistExtra", "calibration_rows", "detail_teachers", "entropy_frames"]

@@ -221,7 +221,7 @@ def _focus_matrix(
     if data.similarity is None or data.focus is None or k < 2:
         return None, None, np.arange(k), None
     sim = data.similarity
-    splits = set(sim["split"].to_list()) if "split" in sim.columns else {None}
+    splits = set(sim["split"].unique().to_list()) if "split" in sim.columns else {None}
     split = next((s for s in (data.transfer_split, *HELDOUT_SPLITS) if s in splits), None)
     if split is None:
         split = sorted(s for s in splits if s is not None)[0] if splits - {None} else None

@@ -178,7 +178,8 @@ class SimilarityAccumulator(Accumulator):
         self.counts += counts
         present = counts > 0
         u = int(np.count_nonzero(present))
-        if u * k <= _PRODUCT_VALUES:
+        ordered = n > 1 and bool((labels[1:] >= labels[:-1]).all())
+        if not ordered and u * k <= _PRODUCT_VALUES:
             # Class sums as a sparse (classes present, n) indicator times (n, K): O(nK),
             # where a dense indicator product would be O(nK^2). Built column-wise (one
             # entry per example, at its class's row): no sort or duplicate check. Only the
@@ -190,13 +191,13 @@ class SimilarityAccumulator(Accumulator):
             else:
                 self.q_sum[present] += onehot @ q
         else:
-            # At large K that product is a dense u x K temporary (200 MB per batch and
-            # worker at K = 5,000): sum sorted rows in sub-blocks of ~4 M values instead,
-            # which bounds the temporaries (gathered rows, their class sums) to ~100 MB.
-            order = np.argsort(labels, kind="stable")
+            # Rows sorted by label (the pass sorts large-K batches): one run per class, no
+            # K x K scatter. Unsorted rows at large K (where the product is a dense u x K
+            # temporary: 200 MB at K = 5,000) are sorted in sub-blocks of ~4 M values.
+            order = None if ordered else np.argsort(labels, kind="stable")
             step = max(1, _PRODUCT_VALUES // max(k, 1))
             for a in range(0, n, step):
-                o = order[a : a + step]
+                o = slice(a, a + step) if order is None else order[a : a + step]
                 ys = labels[o]
                 starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
                 self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)

@@ -132,7 +132,7 @@ _CHUNK = 1 << 20
 def _add_chunk(hist: np.ndarray, q: np.ndarray, labels: np.ndarray) -> None:
     # Count into the rows of ``hist`` this chunk touches only: a bincount over all of
     # ``hist`` (K x levels x bins) per chunk costs more than the chunk at K = 1,000.
-    rows, local = np.unique(labels, return_inverse=True)
+    rows, local = _unique_inverse(labels)
     u = rows.size
     qf = np.ascontiguousarray(q, dtype=np.float64)
     # Bin from the bits: 0 for q in [0.75, 1], 1 for [0.5, 0.75), ...; q = 0 → the last.
@@ -149,6 +149,17 @@ def _add_chunk(hist: np.ndarray, q: np.ndarray, labels: np.ndarray) -> None:
     # Each row's label holds q = 0, which landed in the lowest bin: it is no entry.
     part[N_BINS - 1 :: N_BINS, 0] -= np.bincount(local, minlength=u)
     hist[rows] += part.reshape(u, N_BINS, 3)
+
+
+def _unique_inverse(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(labels, return_inverse=True)``, without its sort where the labels are
+    sorted already (the analysis pass sorts large-K batches by label)."""
+    if labels.size > 1 and bool((labels[1:] >= labels[:-1]).all()):
+        new = np.empty(labels.size, bool)
+        new[0] = True
+        np.not_equal(labels[1:], labels[:-1], out=new[1:])
+        return labels[new], np.cumsum(new) - 1
+    return np.unique(labels, return_inverse=True)
 
 
 def pooled_or_empty(hist: EntryHistogram | None) -> np.ndarray:

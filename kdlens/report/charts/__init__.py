@@ -16,7 +16,7 @@ The builders live in :mod:`.grid` (sweet spot, trajectories, Pareto front),
 """
 
 from kdlens.report.charts.calibration import entropy_chart, reliability_chart
-from kdlens.report.charts.common import NO_TRAINING_TIME, ChartUnavailable, teacher_label
+from kdlens.report.charts.common import NO_TRAINING_TIME, ChartUnavailable
 from kdlens.report.charts.grid import (
     TRAJECTORY_METRICS,
     pareto_chart,
@@ -31,6 +31,7 @@ from kdlens.report.charts.similarity import (
     similarity_graph_chart,
     similarity_heatmap,
 )
+from kdlens.report.labels import teacher_label
 
 __all__ = [
     "MAX_AXIS_LABELS",

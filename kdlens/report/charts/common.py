@@ -24,11 +24,6 @@ class ChartUnavailable(Exception):
     """A chart cannot be drawn from the data given; ``str(exc)`` says why."""
 
 
-def teacher_label(run: Any, checkpoint: Any) -> str:
-    """The display label of one (run, checkpoint)."""
-    return f"{run} / {checkpoint}"
-
-
 def _with_teacher(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(
         (pl.col("run").cast(pl.Utf8) + pl.lit(" / ") + pl.col("checkpoint").cast(pl.Utf8)).alias(
@@ -53,7 +48,10 @@ def _values(df: pl.DataFrame) -> dict[str, Any]:
                 for c in floats
             ]
         )
-    return {"values": df.to_dicts()}
+    # A tuple, not a list: altair deep-copies every list and dict of a chart each time a
+    # layer or property is added (seconds for the thousands of rows of a K = 1,000 graph)
+    # but leaves other objects by reference; JSON writes a tuple as an array.
+    return {"values": tuple(df.to_dicts())}
 
 
 def _need(df: pl.DataFrame | None, columns: Sequence[str], what: str) -> pl.DataFrame:

@@ -21,12 +21,27 @@ def _symmetric(S: np.ndarray) -> np.ndarray:
     return W
 
 
+#: The last (S, distance) pair: the report orders and lays out the same matrix, and at
+#: K = 1,000 each distance costs ~0.15 s. Matched by value, so a changed S misses.
+_last_distance: tuple[np.ndarray, np.ndarray] | None = None
+
+
 def _class_distance(S: np.ndarray) -> np.ndarray:
     """1 − correlation of the log rows of the symmetrised matrix (diagonal left out).
 
     Two classes are close when they are alike to the same other classes; this is
     the distance :func:`kdlens.measures.similarity.cluster_classes` clusters on.
     """
+    global _last_distance
+    last = _last_distance
+    if last is not None and last[0].shape == S.shape and np.array_equal(last[0], S, equal_nan=True):
+        return last[1].copy()
+    D = _compute_class_distance(S)
+    _last_distance = (S.copy(), D.copy())
+    return D
+
+
+def _compute_class_distance(S: np.ndarray) -> np.ndarray:
     W = _symmetric(S)
     k = W.shape[0]
     L = np.log(np.maximum(W, 1e-12))
@@ -100,8 +115,11 @@ def class_layout(S: np.ndarray, *, iterations: int = 200) -> np.ndarray:
     if k == 1:
         return np.zeros((1, 2))
     D = _class_distance(S)
-    J = np.eye(k) - 1.0 / k
-    B = -0.5 * J @ (D**2) @ J
+    # Double centring -J D^2 J / 2 by row, column and grand means: O(K^2), not two K^3
+    # products.
+    D2 = D**2
+    r = D2.mean(axis=1)
+    B = -0.5 * (D2 - r[:, None] - D2.mean(axis=0)[None, :] + r.mean())
     # Only the two leading eigenpairs (LAPACK's subset driver): a full decomposition of
     # a K x K matrix costs seconds at K = 1,000.
     from scipy.linalg import eigh
@@ -123,10 +141,13 @@ def class_layout(S: np.ndarray, *, iterations: int = 200) -> np.ndarray:
     # Each step costs K^2; large graphs get fewer steps (the MDS start is already a layout).
     steps = min(int(iterations), max(10, 8_000_000 // (k * k)))
     for _ in range(steps):
-        delta = X[:, None, :] - X[None, :, :]
-        dist = np.maximum(np.linalg.norm(delta, axis=-1), 1e-3)
-        force = (opt**2 / dist**2 - W * dist / opt)[:, :, None] * delta
-        disp = force.sum(axis=1)
+        # sum_j f_ij (x_i - x_j) = x_i sum_j f_ij - (f X)_i: K x K scalars and one
+        # product instead of (K, K, 2) difference arrays (5x faster at K = 1,000).
+        sq = np.einsum("ij,ij->i", X, X)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * (X @ X.T), 1e-6))
+        f = opt**2 / dist**2 - W * dist / opt
+        np.fill_diagonal(f, 0.0)
+        disp = X * f.sum(axis=1)[:, None] - f @ X
         length = np.maximum(np.linalg.norm(disp, axis=1, keepdims=True), 1e-9)
         X = X + disp / length * np.minimum(length, temp)
         temp *= 0.98
