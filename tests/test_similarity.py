@@ -315,17 +315,17 @@ def test_average_linkage_labels_equal_scikit_learns(
 def test_class_sums_agree_between_the_product_and_the_blocked_path(seed, n, k):
     # Small batches at small K take the sparse product; large K the sorted sub-blocks.
     # Both must give the same class sums (to rounding), whichever classes are present.
-    from kdlens.measures.similarity import matrix
+    from kdlens.measures.similarity import classsums
 
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, k)).astype(np.float32)
     y = rng.integers(0, max(1, k // 2), size=n)  # some classes absent
     product = SimilarityAccumulator(k).update(z, y)
-    old = matrix._PRODUCT_VALUES
-    matrix._PRODUCT_VALUES = 1  # every batch takes the blocked path, one row per block
+    old = classsums._PRODUCT_VALUES
+    classsums._PRODUCT_VALUES = 1  # every batch takes the blocked path, one row per block
     try:
         blocked = SimilarityAccumulator(k).update(z, y)
     finally:
-        matrix._PRODUCT_VALUES = old
+        classsums._PRODUCT_VALUES = old
     np.testing.assert_array_equal(product.counts, blocked.counts)
     np.testing.assert_allclose(product.q_sum, blocked.q_sum, rtol=1e-12, atol=1e-15)

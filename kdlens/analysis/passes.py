@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from kdlens.measures.softlabels import _Core, _per_example_core, _Target
 from kdlens.measures.summary import SoftLabelAccumulator
 from kdlens.store.format import Batch, Part
 from kdlens.store.reader import LogitsStore, part_batches, prefetch
+
+if TYPE_CHECKING:
+    from kdlens.measures.similarity.classsums import ClassIndex
 
 __all__ = [
     "CheckOptions",
@@ -183,20 +186,20 @@ class _PartAccumulators:
             shared = _cores_for(zs, list(self.sets))
             # Their targets share a row maximum and a row sum (bit-identical or last-bit).
             targets = _shared_targets(shared, ys)
+            index: list[ClassIndex] = []  # the slice's labels, indexed once for every T
             for t, ms in self.sets.items():
                 cols, core, tg, _ = _per_example_core(
                     zs, ys, t, self.delta, shared.pop(t, None), ps, targets.pop(t, None)
                 )
                 parts[t].append(cols)
                 if ms.sim is not None:
-                    _add_similarity(ms.sim, zs, ys, core, tg)
+                    _add_similarity(ms.sim, zs, ys, core, tg, index)
                 del core, tg
         if z.shape[0] <= step:
             out = {t: p[0] for t, p in parts.items()}
         else:
             out = {
-                t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]}
-                for t, ps in parts.items()
+                t: {c: np.concatenate([p[c] for p in ps]) for c in ps[0]} for t, ps in parts.items()
             }
         if order is None:
             return out
@@ -224,15 +227,28 @@ def _label_order(y: np.ndarray, step: int) -> np.ndarray | None:
     return np.argsort(y, kind="stable")
 
 
-def _add_similarity(acc: Any, z: np.ndarray, y: np.ndarray, core: _Core, tg: _Target) -> None:
+def _add_similarity(
+    acc: Any,
+    z: np.ndarray,
+    y: np.ndarray,
+    core: _Core,
+    tg: _Target,
+    index: list[ClassIndex] | None = None,
+) -> None:
     """Add one batch to the similarity accumulator from the soft-label pass's
-    intermediates, so the log-softmax is computed once per batch, not twice."""
+    intermediates, so the log-softmax is computed once per batch, not twice. ``index``
+    holds the labels' :class:`ClassIndex` once the first temperature has made it."""
     if acc.temperature != core.temperature:
         acc.update(z, y)
         return
+    index = [] if index is None else index
+    if not index:
+        from kdlens.measures.similarity.classsums import ClassIndex
+
+        index.append(ClassIndex(y, acc.num_classes))
     # The soft-label columns are computed already: core.e and core.x are reused in place.
     q = tg.nontarget_probs(core, y, inplace=True)
-    acc.update_nontarget(q, tg.nt_entropy, y)
+    acc.update_nontarget(q, tg.nt_entropy, y, index[0])
 
 
 @dataclass

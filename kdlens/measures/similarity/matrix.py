@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.sparse import csc_matrix
 from scipy.special import log_softmax, xlogy
 
 from kdlens._internal.accumulator import Accumulator
@@ -21,6 +20,7 @@ from kdlens._internal.checks import (
     check_temperature,
 )
 from kdlens.errors import InputError
+from kdlens.measures.similarity.classsums import ClassIndex, add_class_sums
 from kdlens.measures.similarity.spread import EntryHistogram, pooled_or_empty
 
 __all__ = [
@@ -31,9 +31,6 @@ __all__ = [
     "similarity_information",
     "similarity_matrix",
 ]
-
-#: Largest class-sum temporary (values) built in one step: 4 M float64 = 32 MB.
-_PRODUCT_VALUES = 1 << 22
 
 
 def _nontarget_logq(z: np.ndarray, y: np.ndarray, temperature: float) -> np.ndarray:
@@ -163,44 +160,24 @@ class SimilarityAccumulator(Accumulator):
         self.update_nontarget(q, -xlogy(q, q).sum(axis=1), y)
 
     def update_nontarget(
-        self, q: np.ndarray, nontarget_entropy: np.ndarray, labels: np.ndarray
+        self,
+        q: np.ndarray,
+        nontarget_entropy: np.ndarray,
+        labels: np.ndarray,
+        index: ClassIndex | None = None,
     ) -> SimilarityAccumulator:
         """Add a batch whose non-target distributions are already computed.
 
         For callers that hold ``q`` from their own log-softmax pass (``analyze``):
         ``q`` (n, K) float64 with 0 at the label and rows summing to 1, computed at
         this accumulator's temperature; ``nontarget_entropy`` (n,) is ``H(q)``;
-        ``labels`` (n,) in ``[0, K)``. Trusted, not validated.
+        ``labels`` (n,) in ``[0, K)``; ``index``: their :class:`ClassIndex`, when the
+        caller shares one between accumulators. Trusted, not validated.
         """
         k = self.num_classes
-        n = labels.shape[0]
-        counts = np.bincount(labels, minlength=k)
-        self.counts += counts
-        present = counts > 0
-        u = int(np.count_nonzero(present))
-        ordered = n > 1 and bool((labels[1:] >= labels[:-1]).all())
-        if not ordered and u * k <= _PRODUCT_VALUES:
-            # Class sums as a sparse (classes present, n) indicator times (n, K): O(nK),
-            # where a dense indicator product would be O(nK^2). Built column-wise (one
-            # entry per example, at its class's row): no sort or duplicate check. Only the
-            # classes present get a row, so a small batch at a large K stays small.
-            row = labels if u == k else (np.cumsum(present) - 1)[labels]
-            onehot = csc_matrix((np.ones(n), row, np.arange(n + 1)), shape=(u, n))
-            if u == k:
-                self.q_sum += onehot @ q
-            else:
-                self.q_sum[present] += onehot @ q
-        else:
-            # Rows sorted by label (the pass sorts large-K batches): one run per class, no
-            # K x K scatter. Unsorted rows at large K (where the product is a dense u x K
-            # temporary: 200 MB at K = 5,000) are sorted in sub-blocks of ~4 M values.
-            order = None if ordered else np.argsort(labels, kind="stable")
-            step = max(1, _PRODUCT_VALUES // max(k, 1))
-            for a in range(0, n, step):
-                o = slice(a, a + step) if order is None else order[a : a + step]
-                ys = labels[o]
-                starts = np.flatnonzero(np.r_[True, ys[1:] != ys[:-1]])
-                self.q_sum[ys[starts]] += np.add.reduceat(q[o], starts, axis=0)
+        index = ClassIndex(labels, k) if index is None else index
+        self.counts += index.counts
+        add_class_sums(self.q_sum, q, index)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         row_sq = np.einsum("ij,ij->i", q, q)
         self.q_sqsum += np.bincount(labels, weights=row_sq, minlength=k)

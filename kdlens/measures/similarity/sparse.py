@@ -44,6 +44,7 @@ from scipy.special import xlogy
 from kdlens._internal.accumulator import Accumulator
 from kdlens._internal.checks import check_logits_labels, check_num_classes, check_temperature
 from kdlens._internal.defaults import SIMILARITY_SPARSE_TOP
+from kdlens.measures.similarity.classsums import ClassIndex
 from kdlens.measures.similarity.matrix import _nanmean, _nontarget_logq
 from kdlens.measures.similarity.spread import EntryHistogram, pooled_or_empty
 
@@ -215,11 +216,15 @@ class SparseSimilarityAccumulator(Accumulator):
         return self
 
     def update_nontarget(
-        self, q: np.ndarray, nontarget_entropy: np.ndarray, labels: np.ndarray
+        self,
+        q: np.ndarray,
+        nontarget_entropy: np.ndarray,
+        labels: np.ndarray,
+        index: ClassIndex | None = None,
     ) -> SparseSimilarityAccumulator:
         """As :meth:`SimilarityAccumulator.update_nontarget` (trusted input)."""
         k, r = self.num_classes, self.top
-        self.counts += np.bincount(labels, minlength=k)
+        self.counts += index.counts if index is not None else np.bincount(labels, minlength=k)
         self.negent_sum -= np.bincount(labels, weights=nontarget_entropy, minlength=k)
         row_sq = np.einsum("ij,ij->i", q, q)
         self.q_sqsum += np.bincount(labels, weights=row_sq, minlength=k)
