@@ -91,7 +91,7 @@ print(json.dumps({"wall": wall, "rss_mib": rss(),
 """
 
 
-def write_store(path: Path, n: int, k: int, seed: int = 0) -> None:
+def write_store(path: Path, n: int, k: int, seed: int = 0, epoch: int = 1) -> None:
     sys.path.insert(0, str(REPO))
     from kdlens.store.format import default_batch_rows
     from kdlens.store.writer import CheckpointWriter
@@ -100,7 +100,13 @@ def write_store(path: Path, n: int, k: int, seed: int = 0) -> None:
     # A structured teacher: class c is confused with its two neighbours.
     rows = default_batch_rows(k)
     with CheckpointWriter(
-        path, run="bench", checkpoint="ep1", num_classes=k, epoch=1, batch_size=128, overwrite=True
+        path,
+        run="bench",
+        checkpoint=f"ep{epoch}",
+        num_classes=k,
+        epoch=epoch,
+        batch_size=128,
+        overwrite=True,
     ) as w:
         for start in range(0, n, rows):
             m = min(rows, n - start)

@@ -1,0 +1,115 @@
+"""Benchmark: how ``kdlens analyze`` grows with the number of checkpoints (1, 4, 16).
+
+A script, not a test. It writes stores of 1, 4 and 16 checkpoints, each ``--n`` x ``--k``
+float32 logits (split ``train``, class-structured as in ``bench_analyze.py``), then runs,
+each in a fresh subprocess and interleaved over ``--repeats``:
+
+- ``floor``: read every checkpoint's logits with pyarrow, batch by batch (nothing computed);
+- ``analyze``: :func:`kdlens.analysis.engine.analyze` at its defaults (work after imports).
+
+Reported per store: the median of each, analyze / floor, and each per checkpoint, so a
+line that stays flat says the cost is linear in the number of checkpoints.
+
+    python tests/benchmarks/bench_scaling.py                       # 250,000 x 100 each
+    python tests/benchmarks/bench_scaling.py --n 50000 --k 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_analyze import ANALYZE, run, write_store  # noqa: E402
+
+FLOOR_DIR = r"""
+import resource, sys, time, json
+from pathlib import Path
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+import numpy as np, pyarrow.parquet as pq
+t0 = time.perf_counter()
+n = 0
+s = 0.0
+for f in sorted(Path(sys.argv[1]).rglob("*.parquet")):
+    pf = pq.ParquetFile(f)
+    k = pf.schema_arrow.field("logits").type.list_size
+    for rb in pf.iter_batches(batch_size=max(1024, (1 << 23) // k),
+                              columns=["example_id", "label", "logits"]):
+        z = rb.column("logits").values.to_numpy().reshape(-1, k)
+        y = rb.column("label").to_numpy(zero_copy_only=False)
+        n += z.shape[0]
+        s += float(z[:, 0].sum())  # touch the data
+wall = time.perf_counter() - t0
+print(json.dumps({"wall": wall, "rss_mib": rss(), "n": n}))
+"""
+
+COUNTS = (1, 4, 16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=250_000, help="examples per checkpoint")
+    ap.add_argument("--k", type=int, default=100, help="classes")
+    ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: tmp)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each step (median)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="kdlens-scaling-", dir=a.dir))
+    try:
+        # One set of 16 checkpoint files; the smaller stores hold copies of the first ones.
+        files = []
+        for c in range(max(COUNTS)):
+            f = scratch / "all" / f"ep{c + 1:03d}.parquet"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            write_store(f, a.n, a.k, seed=c, epoch=c + 1)
+            files.append(f)
+        stores = {}
+        for count in COUNTS:
+            d = scratch / f"store{count}"
+            d.mkdir()
+            for f in files[:count]:
+                shutil.copyfile(f, d / f.name)
+            stores[count] = d
+        runs: dict[tuple[int, str], list[dict[str, float]]] = {}
+        for _ in range(a.repeats):
+            for count, d in stores.items():
+                runs.setdefault((count, "floor"), []).append(run(FLOOR_DIR, d))
+                runs.setdefault((count, "analyze"), []).append(run(ANALYZE, d, "1000"))
+        rows = []
+        for count in COUNTS:
+            floor = statistics.median(r["wall"] for r in runs[(count, "floor")])
+            ana = statistics.median(r["wall"] for r in runs[(count, "analyze")])
+            rss = max(r["rss_mib"] for r in runs[(count, "analyze")])
+            rows.append(
+                {
+                    "checkpoints": count,
+                    "floor_s": round(floor, 2),
+                    "analyze_s": round(ana, 2),
+                    "ratio": round(ana / floor, 2),
+                    "floor_per_checkpoint_s": round(floor / count, 2),
+                    "analyze_per_checkpoint_s": round(ana / count, 2),
+                    "analyze_peak_rss_mib": round(rss),
+                }
+            )
+        if a.json:
+            print(json.dumps({"n": a.n, "k": a.k, "repeats": a.repeats, "rows": rows}))
+            return
+        print(f"{a.n:,} x {a.k} logits per checkpoint, median of {a.repeats}")
+        print("checkpoints  floor s  analyze s  / floor  floor/ck  analyze/ck  peak MiB")
+        for r in rows:
+            print(
+                f"{r['checkpoints']:>11}  {r['floor_s']:7.2f}  {r['analyze_s']:9.2f}  "
+                f"{r['ratio']:7.2f}  {r['floor_per_checkpoint_s']:8.2f}  "
+                f"{r['analyze_per_checkpoint_s']:10.2f}  {r['analyze_peak_rss_mib']:8d}"
+            )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
