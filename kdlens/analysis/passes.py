@@ -173,14 +173,16 @@ class _PartAccumulators:
         """
         if not self.sets:
             return {}
-        prediction = np.argmax(z, axis=1)  # the same at every T > 0: once per batch
         step = max(1, _SLICE_ELEMENTS // max(z.shape[1], 1))
         order = _label_order(y, step)
         if order is not None:
-            z, y, prediction = z[order], y[order], prediction[order]
+            z, y = z[order], y[order]
         parts: dict[float, list[dict[str, np.ndarray]]] = {t: [] for t in self.sets}
         for lo in range(0, z.shape[0], step):
-            zs, ys, ps = z[lo : lo + step], y[lo : lo + step], prediction[lo : lo + step]
+            zs, ys = z[lo : lo + step], y[lo : lo + step]
+            # The same at every T > 0: once per slice, while the slice is in cache (over
+            # the whole batch it was the pass's first read of the batch from memory).
+            ps = np.argmax(zs, axis=1)
             # T = 1 beside an integer T (analysis and ranking in one report) shares one
             # exponential pass; formed before the similarity sums consume ``core.e`` in place.
             shared = _cores_for(zs, list(self.sets))
