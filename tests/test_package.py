@@ -50,6 +50,16 @@ def test_import_kdlens_imports_neither_altair_nor_torch() -> None:
     assert res.returncode == 0, res.stderr[-2000:]
 
 
+def test_the_reports_pass_side_imports_no_altair() -> None:
+    # build_report imports altair on a thread while its pass runs; that only pays if the
+    # modules the pass needs (build, data, gather) do not import it first.
+    res = _run_python(
+        "import kdlens.report, kdlens.report.build, kdlens.report.data, kdlens.report.gather, "
+        "sys; assert 'altair' not in sys.modules"
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
 def test_import_kdlens_and_the_cli_import_no_heavy_library() -> None:
     assert _heavy_after("import kdlens, kdlens.cli") == []
 

@@ -64,23 +64,26 @@ def build_report(
     if out_path.is_dir():
         raise InputError(f"{out_path}: is a directory; give the path of the HTML file to write")
     charts = _import_charts_meanwhile()
-    data = collect_report_data(
-        source,
-        temperature=temperature,
-        store=store,
-        recommendation=recommendation,
-        students=students,
-        checkpoint=checkpoint,
-        n_bootstrap=n_bootstrap,
-        title=title,
-        progress=progress,
-        ensemble=ensemble,
-        engine=engine,
-        workers=workers,
-        scheduler=scheduler,
-    )
+    try:
+        data = collect_report_data(
+            source,
+            temperature=temperature,
+            store=store,
+            recommendation=recommendation,
+            students=students,
+            checkpoint=checkpoint,
+            n_bootstrap=n_bootstrap,
+            title=title,
+            progress=progress,
+            ensemble=ensemble,
+            engine=engine,
+            workers=workers,
+            scheduler=scheduler,
+        )
+    finally:
+        # Also on an error: the process never exits with an import half done on a thread.
+        charts.join()
     progress("building charts")
-    charts.join()
     from kdlens.report.render import export_charts, render_report
     from kdlens.report.sections import report_charts
 
