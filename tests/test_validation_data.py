@@ -288,6 +288,15 @@ def test_validate_recommend_smoke_runs(
     scores = pl.read_parquet(out / "scores.parquet")
     assert {"kdlens", "baseline_nll"} <= set(scores["score"].to_list())
     assert scores["role"][0] == "held-out" and scores["n_seeds"][0] == 2
+    # The summary table reads the same files back.
+    from validation_summary import markdown, summary_row
+
+    row = summary_row(out)
+    assert row["benchmark"] == "emnist-noisy" and row["role"] == "held-out"
+    assert row["mix_minus_best_pp"] == pytest.approx(mix["difference_pp"][0])
+    kd = scores.filter(pl.col("score") == "kdlens")
+    assert row["kdlens_regret_pp"] == pytest.approx(kd["regret_pp"][0])
+    assert "| emnist-noisy | held-out |" in markdown([row])
 
 
 def test_seed_bootstrap_interval(monkeypatch: pytest.MonkeyPatch) -> None:

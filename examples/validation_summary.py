@@ -1,0 +1,91 @@
+"""One table of finished real-size validation runs (``validate_recommend.py`` outputs).
+
+Reads each run directory's ``run.json``, ``scores.parquet`` and ``mixture.parquet`` and
+prints, per benchmark, the numbers the issue's goals are checked against: whether
+distillation beats plain students beyond the seed noise, kdlens's single-checkpoint regret,
+and the ensemble teacher's students against the best single checkpoint of the whole sweep.
+
+    python examples/validation_summary.py runs/kdv/mnist10k-noisy runs/kdv/mnist10k-clean
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import polars as pl
+
+
+def summary_row(run: Path) -> dict[str, object]:
+    """The goal-relevant figures of one finished run directory."""
+    meta = json.loads((run / "run.json").read_text())
+    scores = pl.read_parquet(run / "scores.parquet")
+    mixture = pl.read_parquet(run / "mixture.parquet")
+    k = scores.filter(pl.col("score") == "kdlens").row(0, named=True)
+    best = mixture.filter(pl.col("versus") == "best single checkpoint").row(0, named=True)
+    plain = mixture.filter(pl.col("versus") == "plain students").row(0, named=True)
+    test_nll = next(
+        (
+            c
+            for c in meta["ensemble"].get("comparison", [])
+            if c["split"] == "test" and c["measure"] == "nll_fit"
+        ),
+        None,
+    )
+    gain = 100 * (k["best_student_accuracy"] - k["plain_student_accuracy"])
+    return {
+        "benchmark": meta["benchmark"],
+        "role": meta["role"],
+        "plain_pct": 100 * k["plain_student_accuracy"],
+        "best_single_pct": 100 * k["best_student_accuracy"],
+        "seed_noise_pp": k["seed_noise_pp"],
+        "kd_gain_pp": gain,
+        "kd_beats_plain": gain > k["seed_noise_pp"],
+        "kdlens_regret_pp": k["regret_pp"],
+        "kdlens_spearman": k["spearman"],
+        "members": best["n_members"],
+        "mixture_pct": 100 * best["mixture_accuracy"],
+        "mix_minus_best_pp": best["difference_pp"],
+        "mix_minus_best_ci": (best["ci_low_pp"], best["ci_high_pp"]),
+        "mix_minus_plain_pp": plain["difference_pp"],
+        "mix_minus_plain_ci": (plain["ci_low_pp"], plain["ci_high_pp"]),
+        "test_nll_best_to_mixture": (
+            (test_nll["single"], test_nll["mixture"]) if test_nll else (float("nan"),) * 2
+        ),
+    }
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    head = (
+        "| benchmark | role | plain students | best single checkpoint's students | seed noise "
+        "| KD beats plain beyond noise | kdlens regret | kdlens Spearman | mixture members "
+        "| mixture's students | mixture − best single [95 % CI] | mixture − plain [95 % CI] "
+        "| test NLL (T fit): best single → mixture |\n"
+        "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |"
+    )
+    lines = [head]
+    for r in rows:
+        lo, hi = r["mix_minus_best_ci"]  # type: ignore[misc]
+        plo, phi = r["mix_minus_plain_ci"]  # type: ignore[misc]
+        a, b = r["test_nll_best_to_mixture"]  # type: ignore[misc]
+        lines.append(
+            f"| {r['benchmark']} | {r['role']} | {r['plain_pct']:.2f} % "
+            f"| {r['best_single_pct']:.2f} % | {r['seed_noise_pp']:.2f} pp "
+            f"| {'yes' if r['kd_beats_plain'] else 'no'} ({r['kd_gain_pp']:+.2f} pp) "
+            f"| {r['kdlens_regret_pp']:.2f} pp | {r['kdlens_spearman']:.3f} | {r['members']} "
+            f"| {r['mixture_pct']:.2f} % | {r['mix_minus_best_pp']:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+            f"| {r['mix_minus_plain_pp']:+.2f} [{plo:+.2f}, {phi:+.2f}] | {a:.3f} → {b:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="finished run directories")
+    a = ap.parse_args()
+    print(markdown([summary_row(r) for r in a.runs]))
+
+
+if __name__ == "__main__":
+    main()
