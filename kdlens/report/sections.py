@@ -16,6 +16,7 @@ from kdlens._internal.defaults import (
 from kdlens.errors import InputError, KdlensError
 from kdlens.report.charts import (
     ChartUnavailable,
+    class_distance,
     class_layout,
     class_order,
     entropy_chart,
@@ -118,7 +119,7 @@ _K2 = "K = 2: the non-target distribution has one class, so there is no class si
 
 def _similarity_sections(data: ReportData, add: _Add) -> None:
     """The heatmap and the class graph of the focus checkpoint."""
-    sim_split, S, order, clusters = _focus_matrix(data)
+    sim_split, S, order, clusters, distance = _focus_matrix(data)
     focus = teacher_label(*data.focus) if data.focus else "—"
 
     def heat() -> Any:
@@ -160,7 +161,11 @@ def _similarity_sections(data: ReportData, add: _Add) -> None:
             raise ChartUnavailable("the input has no similarity table for this checkpoint")
         edges = _focus_edges(data, sim_split, S)
         return similarity_graph_chart(
-            edges, class_layout(S), class_names=data.class_names, clusters=clusters, title=focus
+            edges,
+            class_layout(S, distance=distance),
+            class_names=data.class_names,
+            clusters=clusters,
+            title=focus,
         )
 
     add(
@@ -216,10 +221,12 @@ def _group_word(summary: pl.DataFrame) -> str:
 
 def _focus_matrix(
     data: ReportData,
-) -> tuple[str | None, np.ndarray | None, np.ndarray, np.ndarray | None]:
+) -> tuple[str | None, np.ndarray | None, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The focus checkpoint's split, S, class order, clusters and class distance (computed
+    once for the order and the graph's layout)."""
     k = data.num_classes
     if data.similarity is None or data.focus is None or k < 2:
-        return None, None, np.arange(k), None
+        return None, None, np.arange(k), None, None
     sim = data.similarity
     splits = set(sim["split"].unique().to_list()) if "split" in sim.columns else {None}
     split = next((s for s in (data.transfer_split, *HELDOUT_SPLITS) if s in splits), None)
@@ -227,13 +234,14 @@ def _focus_matrix(
         split = sorted(s for s in splits if s is not None)[0] if splits - {None} else None
     part = _sim_rows(sim, data.focus, split)
     if part.height == 0:
-        return split, None, np.arange(k), None
+        return split, None, np.arange(k), None, None
     S = np.zeros((k, k))
     s, t = _class_index(part["source"], data), _class_index(part["target"], data)
     S[s, t] = part["weight"].cast(pl.Float64).to_numpy()
     np.fill_diagonal(S, 0.0)
     clusters = _clusters(data, S)
-    return split, S, class_order(S, clusters), clusters
+    distance = class_distance(S) if k >= 3 else None
+    return split, S, class_order(S, clusters, distance=distance), clusters, distance
 
 
 def _sim_rows(sim: pl.DataFrame, key: tuple[str, str], split: str | None) -> pl.DataFrame:

@@ -26,6 +26,7 @@ from kdlens.report.charts.grid import (
 from kdlens.report.charts.similarity import (
     MAX_AXIS_LABELS,
     MAX_NODE_LABELS,
+    class_distance,
     class_layout,
     class_order,
     similarity_graph_chart,
@@ -39,6 +40,7 @@ __all__ = [
     "NO_TRAINING_TIME",
     "TRAJECTORY_METRICS",
     "ChartUnavailable",
+    "class_distance",
     "class_layout",
     "class_order",
     "entropy_chart",
