@@ -145,6 +145,10 @@ class _PartAccumulators:
         }
         self.tfit = TemperatureFitAccumulator(k) if plan.fit else None
         self.extras = {name: make() for name, make in plan.extras.items()}
+        self.k = k
+        #: Whether any temperature sums similarity (then each slice's labels are indexed
+        #: once, for all of them).
+        self.similarity = any(ms.sim is not None for ms in self.sets.values())
 
     def update(self, b: Batch) -> dict[float, dict[str, np.ndarray]]:
         """Add one batch; returns its per-example columns per temperature."""
@@ -188,7 +192,7 @@ class _PartAccumulators:
             shared = _cores_for(zs, list(self.sets))
             # Their targets share a row maximum and a row sum (bit-identical or last-bit).
             targets = _shared_targets(shared, ys)
-            index: list[ClassIndex] = []  # the slice's labels, indexed once for every T
+            index = _class_index(ys, self.k) if self.similarity else None
             for t, ms in self.sets.items():
                 cols, core, tg, _ = _per_example_core(
                     zs, ys, t, self.delta, shared.pop(t, None), ps, targets.pop(t, None)
@@ -235,22 +239,24 @@ def _add_similarity(
     y: np.ndarray,
     core: _Core,
     tg: _Target,
-    index: list[ClassIndex] | None = None,
+    index: ClassIndex | None = None,
 ) -> None:
     """Add one batch to the similarity accumulator from the soft-label pass's
-    intermediates, so the log-softmax is computed once per batch, not twice. ``index``
-    holds the labels' :class:`ClassIndex` once the first temperature has made it."""
+    intermediates, so the log-softmax is computed once per batch, not twice. ``index``:
+    the labels' :class:`ClassIndex`, shared by the accumulators of every temperature."""
     if acc.temperature != core.temperature:
         acc.update(z, y)
         return
-    index = [] if index is None else index
-    if not index:
-        from kdlens.measures.similarity.classsums import ClassIndex
-
-        index.append(ClassIndex(y, acc.num_classes))
     # The soft-label columns are computed already: core.e and core.x are reused in place.
     q = tg.nontarget_probs(core, y, inplace=True)
-    acc.update_nontarget(q, tg.nt_entropy, y, index[0])
+    acc.update_nontarget(q, tg.nt_entropy, y, index)
+
+
+def _class_index(y: np.ndarray, k: int) -> ClassIndex:
+    # Imported here: the similarity modules (scipy.sparse) load only for passes that use them.
+    from kdlens.measures.similarity.classsums import ClassIndex
+
+    return ClassIndex(y, k)
 
 
 @dataclass
