@@ -38,18 +38,21 @@ REPO = Path(__file__).resolve().parents[2]
 FLOOR = r"""
 import resource, sys, time, json
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from pathlib import Path
 import numpy as np, pyarrow.parquet as pq
 t0 = time.perf_counter()
-pf = pq.ParquetFile(sys.argv[1])
-k = pf.schema_arrow.field("logits").type.list_size
+src = Path(sys.argv[1])  # one checkpoint file, or a store directory (every checkpoint)
 n = 0
 s = 0.0
-for rb in pf.iter_batches(batch_size=max(1024, (1 << 23) // k),
-                          columns=["example_id", "label", "logits"]):
-    z = rb.column("logits").values.to_numpy().reshape(-1, k)
-    y = rb.column("label").to_numpy(zero_copy_only=False)
-    n += z.shape[0]
-    s += float(z[:, 0].sum())  # touch the data
+for f in sorted(src.rglob("*.parquet")) if src.is_dir() else [src]:
+    pf = pq.ParquetFile(f)
+    k = pf.schema_arrow.field("logits").type.list_size
+    for rb in pf.iter_batches(batch_size=max(1024, (1 << 23) // k),
+                              columns=["example_id", "label", "logits"]):
+        z = rb.column("logits").values.to_numpy().reshape(-1, k)
+        y = rb.column("label").to_numpy(zero_copy_only=False)
+        n += z.shape[0]
+        s += float(z[:, 0].sum())  # touch the data
 wall = time.perf_counter() - t0
 print(json.dumps({"wall": wall, "rss_mib": rss(), "n": n}))
 """

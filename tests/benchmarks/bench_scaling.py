@@ -25,28 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_analyze import ANALYZE, run, write_store  # noqa: E402
-
-FLOOR_DIR = r"""
-import resource, sys, time, json
-from pathlib import Path
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-import numpy as np, pyarrow.parquet as pq
-t0 = time.perf_counter()
-n = 0
-s = 0.0
-for f in sorted(Path(sys.argv[1]).rglob("*.parquet")):
-    pf = pq.ParquetFile(f)
-    k = pf.schema_arrow.field("logits").type.list_size
-    for rb in pf.iter_batches(batch_size=max(1024, (1 << 23) // k),
-                              columns=["example_id", "label", "logits"]):
-        z = rb.column("logits").values.to_numpy().reshape(-1, k)
-        y = rb.column("label").to_numpy(zero_copy_only=False)
-        n += z.shape[0]
-        s += float(z[:, 0].sum())  # touch the data
-wall = time.perf_counter() - t0
-print(json.dumps({"wall": wall, "rss_mib": rss(), "n": n}))
-"""
+from bench_analyze import ANALYZE, FLOOR, run, write_store  # noqa: E402
 
 COUNTS = (1, 4, 16)
 
@@ -78,7 +57,7 @@ def main() -> None:
         runs: dict[tuple[int, str], list[dict[str, float]]] = {}
         for _ in range(a.repeats):
             for count, d in stores.items():
-                runs.setdefault((count, "floor"), []).append(run(FLOOR_DIR, d))
+                runs.setdefault((count, "floor"), []).append(run(FLOOR, d))
                 runs.setdefault((count, "analyze"), []).append(run(ANALYZE, d, "1000"))
         rows = []
         for count in COUNTS:
