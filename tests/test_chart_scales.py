@@ -30,7 +30,7 @@ def test_class_distance_equals_the_pairwise_definition() -> None:
 
     import numpy as np
 
-    from kdlens.report.charts.similarity import _class_distance, _symmetric
+    from kdlens.report.charts.similarity import _symmetric, class_distance
 
     rng = np.random.default_rng(3)
     for k in (3, 4, 9):
@@ -46,7 +46,7 @@ def test_class_distance_equals_the_pairwise_definition() -> None:
                 x, y = L[a, m] - L[a, m].mean(), L[b, m] - L[b, m].mean()
                 den = math.sqrt(float(x @ x) * float(y @ y))
                 want[a, b] = want[b, a] = 1.0 - (float(x @ y) / den if den > 0 else 0.0)
-        np.testing.assert_allclose(_class_distance(S), want, atol=1e-9)
+        np.testing.assert_allclose(class_distance(S), want, atol=1e-9)
 
 
 def test_large_k_heatmap_is_block_averaged_within_the_cell_budget() -> None:
