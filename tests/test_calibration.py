@@ -90,13 +90,17 @@ def test_temperature_sample_is_bounded_and_small_splits_are_used_whole():
     assert full.finalize() == pytest.approx(fit_temperature(z, y), rel=1e-9)
 
 
-def test_temperature_sample_is_the_smallest_hashes_whatever_the_batches():
+@pytest.mark.parametrize("duplicates", [False, True])
+def test_temperature_sample_is_the_smallest_hashes_whatever_the_batches(duplicates):
     """Batches of every size (smaller and larger than the bound, candidates kept pending
-    between merges) give exactly the rows with the smallest (hash, id), in that order."""
+    between merges) give exactly the rows with the smallest (hash, id), in that order;
+    rows sharing an id keep their order of arrival (as a stable lexsort would)."""
     from kdlens._internal.hashing import splitmix64
 
     z, y = inputs.random_teacher(n=3000, k=4)
     ids = np.random.default_rng(3).permutation(3000).astype(np.int64) * 5
+    if duplicates:
+        ids[1::2] = ids[::2]
     acc = TemperatureFitAccumulator(4, max_rows=120)
     for lo, hi in [(0, 1), (1, 8), (8, 500), (500, 530), (530, 2990), (2990, 3000)]:
         acc.update(z[lo:hi], y[lo:hi], ids[lo:hi])

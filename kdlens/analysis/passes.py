@@ -44,6 +44,7 @@ from kdlens.store.reader import LogitsStore, part_batches, prefetch
 
 if TYPE_CHECKING:
     from kdlens.measures.similarity.classsums import ClassIndex
+    from kdlens.measures.similarity.spread import PartLevels
 
 __all__ = [
     "CheckOptions",
@@ -121,12 +122,25 @@ class _MeasureSet:
     """The soft-label (and optionally similarity) accumulators at one temperature."""
 
     def __init__(
-        self, k: int, t: float, sim: bool, delta: float, n_bins: int, entries: bool
+        self,
+        k: int,
+        t: float,
+        sim: bool,
+        delta: float,
+        n_bins: int,
+        entries: bool,
+        levels: dict[float, PartLevels] | None = None,
     ) -> None:
         from kdlens.measures.similarity import similarity_accumulator
 
         self.soft = SoftLabelAccumulator(k, temperature=t, oemc_delta=delta, n_bins=n_bins)
         self.sim = similarity_accumulator(k, temperature=t, entries=entries) if sim else None
+        hist = getattr(self.sim, "entry_hist", None)
+        if levels is not None and hist is not None and hist.levels > 1:
+            from kdlens.measures.similarity.spread import PartLevels
+
+            # dict.setdefault is atomic: the part's slot threads share one count.
+            hist.shared = levels.setdefault(t, PartLevels(k, hist.levels))
 
     def merge(self, other: _MeasureSet) -> None:
         self.soft.merge(other.soft)
@@ -137,10 +151,19 @@ class _MeasureSet:
 class _PartAccumulators:
     """Everything one worker accumulates over the batches of a part."""
 
-    def __init__(self, plan: PartPlan, k: int, delta: float, n_bins: int) -> None:
+    def __init__(
+        self,
+        plan: PartPlan,
+        k: int,
+        delta: float,
+        n_bins: int,
+        levels: dict[float, PartLevels] | None = None,
+    ) -> None:
+        """``levels``: per temperature, the entry-histogram counts that every accumulator
+        of this part in this process shares (:class:`.spread.PartLevels`)."""
         self.delta = delta
         self.sets = {
-            t: _MeasureSet(k, t, sim, delta, n_bins, t in plan.null_at)
+            t: _MeasureSet(k, t, sim, delta, n_bins, t in plan.null_at, levels)
             for t, sim in plan.temperatures.items()
         }
         self.tfit = TemperatureFitAccumulator(k) if plan.fit else None
@@ -319,9 +342,10 @@ def run_pass(
     with running(spec) as runner:
         env = _TaskEnv(k, delta, n_bins, check, batch_rows)
         if runner.in_process:  # one reader and a thread per slot over every task
+            levels: dict[int, dict[float, PartLevels]] = collections.defaultdict(dict)
             partials = stream_tasks(
                 tasks,
-                lambda t: _PartAccumulators(plans[t.index], k, delta, n_bins),
+                lambda t: _PartAccumulators(plans[t.index], k, delta, n_bins, levels[t.index]),
                 check,
                 k,
                 batch_rows,
