@@ -273,7 +273,7 @@ def test_labels_smoothing_teacher_has_zero_si_and_ii(tmp_path):
 @pytest.mark.parametrize("name", list(inputs.NAMED_TEACHERS))
 @pytest.mark.parametrize("t", [1.0, 2.0])
 def test_fast_similarity_sums_equal_the_accumulators_own_update(name, t):
-    from kdlens.analysis.passes import _add_similarity
+    from kdlens.analysis.kernel import _add_similarity
     from kdlens.measures.similarity import SimilarityAccumulator
     from kdlens.measures.softlabels import _per_example_core
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from inputs import random_teacher
 
-import kdlens.analysis.passes as passes
+import kdlens.analysis.kernel as kernel
 from kdlens.analysis.engine import analyze
 from kdlens.measures.similarity import similarity_accumulator
 from kdlens.measures.similarity.spread import _unique_inverse
@@ -56,17 +56,17 @@ def test_the_pass_sorts_large_k_batches_without_changing_results(
 ) -> None:
     store = _store(tmp_path / "store")
     calls: list[bool] = []
-    real = passes._label_order
+    real = kernel._label_order
 
     def spy(y: np.ndarray, step: int) -> np.ndarray | None:
         order = real(y, step)
         calls.append(order is not None)
         return order
 
-    monkeypatch.setattr(passes, "_label_order", spy)
+    monkeypatch.setattr(kernel, "_label_order", spy)
     sorted_ = analyze(store, per_example_path=tmp_path / "sorted.parquet")
     assert calls and all(calls)  # every batch took the sorted path
-    monkeypatch.setattr(passes, "_SORT_BELOW_ROWS", 0)
+    monkeypatch.setattr(kernel, "_SORT_BELOW_ROWS", 0)
     calls.clear()
     plain = analyze(store, per_example_path=tmp_path / "plain.parquet")
     assert calls and not any(calls)
