@@ -31,10 +31,10 @@ def _run_python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
 
 
-def _heavy_after(code: str) -> list[str]:
+def _heavy_after(code: str, extra: tuple[str, ...] = ()) -> list[str]:
     """The heavy top-level packages in sys.modules after ``code`` ran in a fresh python."""
     probe = (
-        f"{code}\nimport sys, json\nheavy = {HEAVY!r}\n"
+        f"{code}\nimport sys, json\nheavy = {HEAVY + extra!r}\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))"
     )
     res = _run_python(probe)
@@ -58,6 +58,27 @@ def test_the_reports_pass_side_imports_no_altair() -> None:
         "sys; assert 'altair' not in sys.modules"
     )
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_analyze_of_a_store_imports_neither_pandas_nor_torch(tmp_path: Path) -> None:
+    # pyarrow's to_numpy and fill_null import pandas when it is installed (a third of a
+    # second of every command's start); the store's reader takes buffer views instead.
+    import numpy as np
+
+    from kdlens.store.writer import write_logits
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "s.parquet"
+    write_logits(
+        path,
+        rng.standard_normal((300, 5)),
+        split="train",
+        run="r",
+        checkpoint="c",
+        labels=rng.integers(0, 5, 300),
+    )
+    code = f"from kdlens import analyze\nanalyze({str(path)!r})"
+    assert set(_heavy_after(code, extra=("pandas", "torch"))) & {"pandas", "torch"} == set()
 
 
 def test_import_kdlens_and_the_cli_import_no_heavy_library() -> None:
