@@ -282,12 +282,16 @@ def test_entry_sample_is_the_same_however_the_data_are_split():
     assert math.sqrt(v_kept.sum() / v_all.sum()) == pytest.approx(1.0, abs=0.1)
 
 
-def test_histograms_sharing_a_parts_counts_bin_fewer_rows_and_pool_the_same():
+def test_histograms_sharing_a_parts_counts_bin_fewer_rows_and_pool_the_same(monkeypatch):
     """Histograms of one part that share :class:`PartLevels` (the pass's slots and tasks)
     skip rows below the part's running base sooner: fewer entries binned, the same pooled
-    sample bit for bit, whatever order the batches come in."""
+    sample bit for bit, whatever order the batches come in (also where a batch is binned
+    in several chunks: they are cut before the rows are filtered)."""
+    from kdlens.measures.similarity import spread
     from kdlens.measures.similarity.matrix import _nontarget_logq
     from kdlens.measures.similarity.spread import EntryHistogram, PartLevels
+
+    monkeypatch.setattr(spread, "_CHUNK", 6 * 97)  # 97 rows per chunk: 16 per batch
 
     k = 6
     z, y = inputs.random_teacher(n=12_000, k=k, seed=3, scale=3.0)

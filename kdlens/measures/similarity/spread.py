@@ -73,9 +73,7 @@ class EntryHistogram:
         self.rows += seen
         base = _base(self.rows) if self.shared is None else self.shared.add(seen)
         keep = level >= base[labels]
-        if not keep.all():
-            q, labels, level = q[keep], labels[keep], level[keep]
-        add_entries(self.hist.reshape(k * nl, N_BINS, 3), q, labels * nl + level)
+        add_entries(self.hist.reshape(k * nl, N_BINS, 3), q, labels * nl + level, keep)
 
     def merge(self, other: EntryHistogram) -> None:
         self.hist += other.hist
@@ -148,17 +146,29 @@ def empty_histogram(k: int) -> np.ndarray:
     return np.zeros((k, N_BINS, 3), np.float64)
 
 
-def add_entries(hist: np.ndarray, q: np.ndarray, labels: np.ndarray) -> None:
-    """Add all of a batch's non-target entries to ``hist`` (rows, N_BINS, 3) in place.
+def add_entries(
+    hist: np.ndarray, q: np.ndarray, labels: np.ndarray, keep: np.ndarray | None = None
+) -> None:
+    """Add a batch's non-target entries to ``hist`` (rows, N_BINS, 3) in place.
 
     ``q`` (n, K) float64 with exactly 0 at its label (that zero is not an entry: it is
-    taken back out of the lowest bin), ``labels`` (n,): the ``hist`` row of each.
+    taken back out of the lowest bin), ``labels`` (n,): the ``hist`` row of each;
+    ``keep`` (n,) bool: only these rows (default: all).
     """
     # In chunks of ~1 M entries: whole-batch n x K temporaries (int64 cells, squares) are
-    # page-faulted in at every batch and made it 10x slower at K = 1,000.
+    # page-faulted in at every batch and made it 10x slower at K = 1,000. The chunks are
+    # cut from the whole batch before ``keep`` filters it, so each cell's sum adds the same
+    # rows in the same groups whichever other rows are kept (:class:`PartLevels` keeps
+    # fewer rows at levels the result drops): the kept cells' bits do not depend on it.
     step = max(1, _CHUNK // max(q.shape[1], 1))
     for a in range(0, q.shape[0], step):
-        _add_chunk(hist, q[a : a + step], labels[a : a + step])
+        qc, lc = q[a : a + step], labels[a : a + step]
+        if keep is not None:
+            kc = keep[a : a + step]
+            if not kc.all():
+                qc, lc = qc[kc], lc[kc]
+        if lc.size:
+            _add_chunk(hist, qc, lc)
 
 
 #: Entries per chunk of :func:`add_entries`.
