@@ -13,8 +13,17 @@ Reported: size on disk, write time, read time and read time as a ratio to ``list
 A layout's read time bounds every command from below; the issue adopts a new layout only if
 it makes ``analyze`` ≥ 2x faster end to end.
 
+``--analyze`` measures that instead: it writes a kdlens store (schema v1, class-structured
+logits as in ``bench_analyze.py``), copies its row groups into the other three layouts, and
+runs ``kdlens.analyze`` on each (fresh process, every default, the structure test included),
+the other layouts through a stand-in for the store reader's batch function that reads the
+same row groups from their file (kdlens has no reader for them). Every layout feeds the pass
+the same batches, so the summaries must be equal (checked); reported: analyze's wall and CPU
+time per layout and as a ratio to ``list_snappy``.
+
     python tests/benchmarks/bench_layout.py --n 1281167 --k 1000 --dir /work/bench
     python tests/benchmarks/bench_layout.py --n 1000000 --k 100
+    python tests/benchmarks/bench_layout.py --n 1281167 --k 1000 --analyze --dir /work/bench
 """
 
 from __future__ import annotations
@@ -68,6 +77,44 @@ print(json.dumps({"wall": time.perf_counter() - t0, "n": n}))
 """
 
 
+ANALYZE = r"""
+import sys, time, json, resource
+import numpy as np, pyarrow as pa, pyarrow.ipc as ipc, pyarrow.parquet as pq
+store, layout, alt, k = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+import kdlens.store.reader as reader
+from kdlens.store.format import Batch
+from kdlens.analysis.engine import analyze
+
+def batches(part, k_, groups, rows, check_labels):
+    # The same row groups as the store's, from the layout's file (one batch per group).
+    if layout == "ipc_mmap":
+        get = ipc.open_file(pa.memory_map(alt)).get_batch
+    else:
+        pf = pq.ParquetFile(alt)
+        cols = ["example_id", "label", "logits"]
+        get = lambda g: pf.read_row_group(g, columns=cols).combine_chunks().to_batches()[0]
+    for g in groups:
+        rb = get(g)
+        col = rb.column("logits")
+        if pa.types.is_fixed_size_binary(col.type):
+            z = np.frombuffer(col.buffers()[1], np.float32, count=len(col) * k,
+                              offset=col.offset * 4 * k).reshape(-1, k)
+        else:
+            z = reader._numpy(col.flatten()).reshape(-1, k)
+        y = reader._numpy(rb.column("label")).astype(np.int32, copy=False)
+        yield Batch(z, y, reader._numpy(rb.column("example_id")))
+
+if layout != "list_snappy":
+    reader._part_batches = batches
+t0, c0 = time.perf_counter(), time.process_time()
+res = analyze(store)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+summary = json.dumps(res.summary.to_dicts(), sort_keys=True, default=str)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"wall": wall, "cpu": cpu, "rss_mib": rss, "summary": summary}))
+"""
+
+
 def _batches(n: int, k: int, seed: int = 0):
     """(ids, labels, logits) chunks of class-structured logits, the same for every layout."""
     rng = np.random.default_rng(seed)
@@ -116,6 +163,71 @@ def write(path: Path, layout: str, n: int, k: int) -> float:
     return time.perf_counter() - t0
 
 
+def copy_store(store: Path, path: Path, layout: str) -> float:
+    """The store file's row groups, one by one, into ``layout`` at ``path``; seconds."""
+    pf = pq.ParquetFile(store)
+    k = pf.schema_arrow.field("logits").type.list_size
+    t0 = time.perf_counter()
+    writer: pq.ParquetWriter | ipc.RecordBatchFileWriter | None = None
+    for g in range(pf.num_row_groups):
+        t = pf.read_row_group(g, columns=["example_id", "label", "logits"])
+        z = t.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, k)
+        ids = t.column("example_id").to_numpy()
+        table = _table(ids, t.column("label").to_numpy(), z, layout)
+        if writer is None:
+            if layout == "ipc_mmap":
+                writer = ipc.new_file(str(path), table.schema)
+            else:
+                comp = "none" if layout == "binary_plain" else "snappy"
+                writer = pq.ParquetWriter(str(path), table.schema, compression=comp)
+        if isinstance(writer, pq.ParquetWriter):
+            writer.write_table(table, row_group_size=table.num_rows)
+        else:
+            writer.write_batch(table.combine_chunks().to_batches()[0])
+    assert writer is not None
+    writer.close()
+    return time.perf_counter() - t0
+
+
+def analyze_layouts(a: argparse.Namespace, scratch: Path) -> None:
+    """``--analyze``: analyze end to end on every layout (module docstring)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_analyze import REPO, write_store
+
+    store = scratch / "store.parquet"
+    t0 = time.perf_counter()
+    write_store(store, a.n, a.k)
+    print(f"store: {a.n:,} x {a.k} written in {time.perf_counter() - t0:.1f} s", flush=True)
+    paths = {"list_snappy": store}
+    for layout in LAYOUTS[1:]:
+        paths[layout] = scratch / f"{layout}.{'arrow' if layout == 'ipc_mmap' else 'parquet'}"
+        w = copy_store(store, paths[layout], layout)
+        print(f"{layout}: copied in {w:.1f} s", flush=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}
+    summaries = set()
+    for _ in range(a.repeats):  # interleaved, so load changes hit every layout alike
+        for layout in LAYOUTS:
+            cmd = [sys.executable, "-c", ANALYZE, str(store), layout, str(paths[layout])]
+            out = subprocess.run(
+                [*cmd, str(a.k)], capture_output=True, text=True, check=True, env=env
+            )
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            summaries.add(got.pop("summary"))
+            runs[layout].append(got)
+            print(f"  {layout}: {got['wall']:.2f} s", flush=True)
+    if len(summaries) != 1:
+        raise SystemExit("the layouts' analyze summaries differ: the comparison is void")
+    base = statistics.median(r["wall"] for r in runs["list_snappy"])
+    print(f"analyze of {a.n:,} x {a.k} per layout (median of {a.repeats}; summaries equal)")
+    print("layout          wall s   CPU s   peak MiB   wall / list_snappy")
+    for layout in LAYOUTS:
+        wall = statistics.median(r["wall"] for r in runs[layout])
+        cpu = statistics.median(r["cpu"] for r in runs[layout])
+        rss = max(r["rss_mib"] for r in runs[layout])
+        print(f"{layout:<14} {wall:7.2f}  {cpu:6.2f}  {rss:8.0f}   {wall / base:.2f}")
+
+
 def read(path: Path, layout: str, k: int) -> float:
     out = subprocess.run(
         [sys.executable, "-c", READ, str(path), layout, str(k)],
@@ -133,11 +245,15 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: tmp)")
     ap.add_argument("--repeats", type=int, default=3, help="reads of each layout (median)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--analyze", action="store_true", help="time analyze on each layout")
     a = ap.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="kdlens-layout-", dir=a.dir))
     import kdlens.store.format  # noqa: F401  (its import is not part of the first write)
 
     try:
+        if a.analyze:
+            analyze_layouts(a, scratch)
+            return
         rows = {}
         for layout in LAYOUTS:
             path = scratch / f"{layout}.{'arrow' if layout == 'ipc_mmap' else 'parquet'}"
