@@ -65,7 +65,8 @@ t0, c0 = time.perf_counter(), time.process_time()
 res = analyze(sys.argv[1], n_permutations=int(sys.argv[2]))
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 row = res.summary.row(0, named=True)
-print(json.dumps({"wall": wall, "cpu": cpu, "rss_mib": rss(),
+import kdlens
+print(json.dumps({"wall": wall, "cpu": cpu, "rss_mib": rss(), "kdlens": kdlens.__file__,
                   "n": row["n"], "entropy": row["entropy"], "si": row["similarity_information"]}))
 """
 
@@ -125,13 +126,23 @@ def write_store(path: Path, n: int, k: int, seed: int = 0, epoch: int = 1) -> No
 def run(script: str, path: Path, *extra: str, tree: Path = REPO) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
+    # cwd=tree: ``python -c`` puts the working directory first on sys.path, before
+    # PYTHONPATH, so run from another checkout it would import that checkout's kdlens
+    # (as --compare runs from the repository root once did: both "trees" were this one).
     out = subprocess.run(
-        [sys.executable, "-c", script, str(path), *extra], capture_output=True, text=True, env=env
+        [sys.executable, "-c", script, str(path), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tree,
     )
     total = time.perf_counter() - t0
     if out.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{out.stderr}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
+    used = res.pop("kdlens", None)
+    if used is not None and not Path(used).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"benchmark step imported kdlens from {used}, not from {tree}")
     res["process_wall"] = total
     return res
 

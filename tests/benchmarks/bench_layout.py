@@ -210,7 +210,7 @@ def analyze_layouts(a: argparse.Namespace, scratch: Path) -> None:
         for layout in LAYOUTS:
             cmd = [sys.executable, "-c", ANALYZE, str(store), layout, str(paths[layout])]
             out = subprocess.run(
-                [*cmd, str(a.k)], capture_output=True, text=True, check=True, env=env
+                [*cmd, str(a.k)], capture_output=True, text=True, check=True, env=env, cwd=REPO
             )
             got = json.loads(out.stdout.strip().splitlines()[-1])
             summaries.add(got.pop("summary"))
