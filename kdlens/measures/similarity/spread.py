@@ -100,8 +100,8 @@ class PartLevels:
 
     A histogram that counts only its own rows keeps half of its first batch (its base is
     still low), and the pass gives each task's slot a fresh histogram: at 1,000,000 x 100
-    each saw one batch, so half of every row's entries were binned, about a third of the
-    analysis's time. A histogram's base taken from these counts instead is still at most
+    each saw one batch, so half of every row's entries were binned (40 % of the pass's
+    profile samples). A histogram's base taken from these counts instead is still at most
     the part's final base (they are a subset of the part's rows, and the base only grows
     with counts), so every row the merged histogram pools is still kept: results are
     unchanged, bit for bit; only rows at levels below the final base, which
