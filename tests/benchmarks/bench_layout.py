@@ -37,7 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -144,22 +146,7 @@ def write(path: Path, layout: str, n: int, k: int) -> float:
 
     rows = default_batch_rows(k)
     t0 = time.perf_counter()
-    writer: pq.ParquetWriter | ipc.RecordBatchFileWriter | None = None
-    for ids, y, z in _batches(n, k):
-        table = _table(ids, y, z, layout)
-        if writer is None:
-            if layout == "ipc_mmap":
-                writer = ipc.new_file(str(path), table.schema)
-            else:
-                comp = "none" if layout == "binary_plain" else "snappy"
-                writer = pq.ParquetWriter(str(path), table.schema, compression=comp)
-        if isinstance(writer, pq.ParquetWriter):
-            writer.write_table(table, row_group_size=rows)
-        else:
-            for rb in table.to_batches(max_chunksize=rows):
-                writer.write_batch(rb)
-    assert writer is not None
-    writer.close()
+    _write_tables(path, layout, (_table(ids, y, z, layout) for ids, y, z in _batches(n, k)), rows)
     return time.perf_counter() - t0
 
 
@@ -167,32 +154,43 @@ def copy_store(store: Path, path: Path, layout: str) -> float:
     """The store file's row groups, one by one, into ``layout`` at ``path``; seconds."""
     pf = pq.ParquetFile(store)
     k = pf.schema_arrow.field("logits").type.list_size
+
+    def tables() -> Iterator[pa.Table]:
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=["example_id", "label", "logits"])
+            z = t.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, k)
+            yield _table(t.column("example_id").to_numpy(), t.column("label").to_numpy(), z, layout)
+
     t0 = time.perf_counter()
+    _write_tables(path, layout, tables(), None)
+    return time.perf_counter() - t0
+
+
+def _write_tables(path: Path, layout: str, tables: Iterable[pa.Table], rows: int | None) -> None:
+    """``tables`` into one file of ``layout``, in row groups (IPC batches) of ``rows``
+    (None: one per table)."""
     writer: pq.ParquetWriter | ipc.RecordBatchFileWriter | None = None
-    for g in range(pf.num_row_groups):
-        t = pf.read_row_group(g, columns=["example_id", "label", "logits"])
-        z = t.column("logits").combine_chunks().flatten().to_numpy().reshape(-1, k)
-        ids = t.column("example_id").to_numpy()
-        table = _table(ids, t.column("label").to_numpy(), z, layout)
+    for table in tables:
         if writer is None:
             if layout == "ipc_mmap":
                 writer = ipc.new_file(str(path), table.schema)
             else:
                 comp = "none" if layout == "binary_plain" else "snappy"
                 writer = pq.ParquetWriter(str(path), table.schema, compression=comp)
+        size = rows or table.num_rows
         if isinstance(writer, pq.ParquetWriter):
-            writer.write_table(table, row_group_size=table.num_rows)
+            writer.write_table(table, row_group_size=size)
         else:
-            writer.write_batch(table.combine_chunks().to_batches()[0])
+            for rb in table.combine_chunks().to_batches(max_chunksize=size):
+                writer.write_batch(rb)
     assert writer is not None
     writer.close()
-    return time.perf_counter() - t0
 
 
 def analyze_layouts(a: argparse.Namespace, scratch: Path) -> None:
     """``--analyze``: analyze end to end on every layout (module docstring)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_analyze import REPO, write_store
+    from bench_analyze import run, write_store
 
     store = scratch / "store.parquet"
     t0 = time.perf_counter()
@@ -203,16 +201,11 @@ def analyze_layouts(a: argparse.Namespace, scratch: Path) -> None:
         paths[layout] = scratch / f"{layout}.{'arrow' if layout == 'ipc_mmap' else 'parquet'}"
         w = copy_store(store, paths[layout], layout)
         print(f"{layout}: copied in {w:.1f} s", flush=True)
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    runs: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}
+    runs: dict[str, list[dict[str, Any]]] = {layout: [] for layout in LAYOUTS}
     summaries = set()
     for _ in range(a.repeats):  # interleaved, so load changes hit every layout alike
         for layout in LAYOUTS:
-            cmd = [sys.executable, "-c", ANALYZE, str(store), layout, str(paths[layout])]
-            out = subprocess.run(
-                [*cmd, str(a.k)], capture_output=True, text=True, check=True, env=env, cwd=REPO
-            )
-            got = json.loads(out.stdout.strip().splitlines()[-1])
+            got = run(ANALYZE, store, layout, str(paths[layout]), str(a.k))
             summaries.add(got.pop("summary"))
             runs[layout].append(got)
             print(f"  {layout}: {got['wall']:.2f} s", flush=True)
