@@ -279,22 +279,6 @@ def _to_batch(rb: pa.RecordBatch, k: int, path: StorePath) -> Batch:
     return Batch(logits, labels, ids)
 
 
-#: Arrow types read as views of their data buffer.
-_VIEW_TYPES = {
-    pa.float16(): np.float16,
-    pa.float32(): np.float32,
-    pa.float64(): np.float64,
-    pa.int8(): np.int8,
-    pa.int16(): np.int16,
-    pa.int32(): np.int32,
-    pa.int64(): np.int64,
-    pa.uint8(): np.uint8,
-    pa.uint16(): np.uint16,
-    pa.uint32(): np.uint32,
-    pa.uint64(): np.uint64,
-}
-
-
 def _numpy(arr: pa.Array) -> np.ndarray:
     """A numeric Arrow array without nulls as a numpy view of its buffer.
 
@@ -302,11 +286,12 @@ def _numpy(arr: pa.Array) -> np.ndarray:
     command's start on the project's machine, on the reader thread, holding the GIL);
     other types and arrays with nulls take that path still.
     """
-    dtype = _VIEW_TYPES.get(arr.type)
-    if dtype is None or arr.null_count:
+    t = arr.type
+    if arr.null_count or not (pa.types.is_integer(t) or pa.types.is_floating(t)):
         return arr.to_numpy(zero_copy_only=False)
+    dtype = np.dtype(t.to_pandas_dtype())  # (a numpy type; pandas is not imported)
     return np.frombuffer(
-        arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * np.dtype(dtype).itemsize
+        arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize
     )
 
 
