@@ -24,7 +24,7 @@ def reliability_chart(table: pl.DataFrame, *, n_bins: int) -> alt.TopLevelMixin:
     diag = (
         alt.Chart(_values(pl.DataFrame({"a": [0.0, 1.0], "b": [0.0, 1.0]})))
         .mark_line(color="#999", strokeDash=[4, 4])
-        .encode(x="a:Q", y="b:Q")
+        .encode(x=alt.X("a:Q"), y=alt.Y("b:Q"))
     )
     teachers = list(dict.fromkeys(df["teacher"].to_list()))
     base = alt.Chart(_values(df.select("teacher", "confidence", "accuracy", "count"))).encode(

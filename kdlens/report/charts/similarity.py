@@ -265,14 +265,14 @@ def similarity_graph_chart(
         .encode(
             x=alt.X("x:Q", scale=xs, axis=None),
             y=alt.Y("y:Q", scale=ys, axis=None),
-            x2="x2:Q",
-            y2="y2:Q",
+            x2=alt.X2("x2:Q"),
+            y2=alt.Y2("y2:Q"),
             strokeWidth=alt.StrokeWidth(
                 "weight:Q",
                 scale=alt.Scale(range=[0.5, 6]),
                 legend=alt.Legend(title="edge weight", orient="bottom", format=".3f"),
             ),
-            opacity=alt.value(0.6),
+            opacity=alt.OpacityValue(0.6),  # typed: see grid.py's text colour
             tooltip=[
                 alt.Tooltip("from:N"),
                 alt.Tooltip("to:N"),
@@ -302,7 +302,7 @@ def similarity_graph_chart(
             fontSize=11 if k <= MAX_NODE_LABELS else 10,
             fontWeight="bold",
         )
-        .encode(text="label:N")
+        .encode(text=alt.Text("label:N"))
     )
     subtitle = (
         f"names of the {n_labels} best-connected of {k} classes; hover a node for the others"
