@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bytecode import bytecode_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,7 +124,7 @@ def write_store(path: Path, n: int, k: int, seed: int = 0, epoch: int = 1) -> No
 
 
 def run(script: str, path: Path, *extra: str, tree: Path = REPO) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = bytecode_env(tree)
     t0 = time.perf_counter()
     # cwd=tree: ``python -c`` puts the working directory first on sys.path, before
     # PYTHONPATH, so run from another checkout it would import that checkout's kdlens

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bytecode import bytecode_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,8 +97,7 @@ def run(cmd: list[str], tree: Path = REPO) -> dict[str, Any]:
 
 
 def _env(tree: Path = REPO) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(tree) + os.pathsep + env.get("PYTHONPATH", "")
+    env = bytecode_env(tree)
     env["COLUMNS"] = "100"
     return env
 

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _bytecode import bytecode_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -44,7 +46,7 @@ def _commands() -> dict[str, list[str]]:
 
 def _time(cmd: list[str], repo: Path) -> float:
     # `python -m` puts the working directory first on sys.path: run in the checkout.
-    env = {**os.environ, "PYTHONPATH": str(repo)}
+    env = bytecode_env(repo, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     t = time.perf_counter()
     subprocess.run(
         cmd, env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
