@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import polars as pl
 
 from kdlens.report.charts.common import value_scale
@@ -63,7 +65,7 @@ def test_large_k_heatmap_is_block_averaged_within_the_cell_budget() -> None:
     m = _n_blocks(k)
     assert m is not None and m * m <= _MAX_SIMILARITY_CELLS
     values = _block_heatmap(S, order, [f"c{i}" for i in range(k)], "r / ep1").to_dict()
-    rows = next(iter(values["datasets"].values()))
+    rows = json.loads(next(iter(values["datasets"].values())))  # one JSON text
     assert len(rows) == m * m
     # Every block is the mean of its cells: the block means, weighted by block sizes,
     # add up to the whole matrix.

@@ -159,17 +159,22 @@ def _fields_used(spec: Any) -> set[str]:
     return out
 
 
+def _rows(values: Any) -> list[dict[str, Any]]:
+    """Inline rows of a dataset: the charts write them as one JSON text (``format: json``)."""
+    return json.loads(values) if isinstance(values, str) else list(values)
+
+
 def _fields_available(spec: dict[str, Any]) -> set[str]:
     cols: set[str] = set()
     for rows in (spec.get("datasets") or {}).values():
-        for r in rows:
+        for r in _rows(rows):
             cols |= set(r)
 
     def walk(s: Any) -> None:
         if isinstance(s, dict):
             data = s.get("data")
-            if isinstance(data, dict) and isinstance(data.get("values"), list):
-                for r in data["values"]:
+            if isinstance(data, dict) and "values" in data:
+                for r in _rows(data["values"]):
                     cols.update(r)
             for t in s.get("transform", []) or []:
                 for key in ("as",):
@@ -362,10 +367,10 @@ def _chart_data(spec: Any) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if isinstance(spec, dict):
         for values in (spec.get("datasets") or {}).values():
-            rows += values
+            rows += _rows(values)
         data = spec.get("data")
-        if isinstance(data, dict) and isinstance(data.get("values"), list):
-            rows += data["values"]
+        if isinstance(data, dict) and "values" in data:
+            rows += _rows(data["values"])
         for v in spec.values():
             rows += _chart_data(v)
     elif isinstance(spec, list):
