@@ -6,7 +6,9 @@ It writes a synthetic store (class-structured float32 logits, ``train`` and ``va
 splits), then runs the three commands through the real CLI (``python -m kdlens ...``),
 each in a fresh process, and reports wall time (imports included), CPU time (user +
 system: less sensitive to other load on the machine), peak RSS, and the ratios to
-``analyze`` measured in the same run.
+``analyze`` measured in the same run: of the median runs, and "paired", the median over
+repeats of each run's ratio to the analyze run of the same repeat (run seconds apart, the
+two see the same load).
 
 Stores (``--store``):
 
@@ -173,6 +175,13 @@ def _summary(
         rs = sorted(runs[(tree, name)], key=lambda r: r["wall"])
         results[name] = rs[len(rs) // 2]
     base = results["analyze"]
+    analyzes = runs[(tree, "analyze")]
+
+    def paired(name: str, key: str) -> float:
+        # Each repeat's command over the analyze run just before it (same load), median.
+        xs = sorted(r[key] / a[key] for r, a in zip(runs[(tree, name)], analyzes, strict=True))
+        return round(xs[len(xs) // 2], 3)
+
     return {
         name: {
             "wall_s": round(r["wall"], 2),
@@ -180,6 +189,8 @@ def _summary(
             "ratio_to_analyze": round(r["wall"] / base["wall"], 3),
             "cpu_s": round(r["cpu"], 2),
             "cpu_ratio_to_analyze": round(r["cpu"] / base["cpu"], 3),
+            "paired_ratio": paired(name, "wall"),
+            "paired_cpu_ratio": paired(name, "cpu"),
             # Every repeat's CPU seconds, in run order (the spread shows the load).
             "cpu_runs": [round(x["cpu"], 2) for x in runs[(tree, name)]],
             "exit_code": r["rc"],
@@ -194,13 +205,14 @@ def _print(out: dict[str, Any], commands: dict[str, Any], tree: Path | None) -> 
         print(f"-- with kdlens from {tree}")
     print(
         f"{'command':<10} {'wall s':>8} {'/ analyze':>10} {'cpu s':>8} {'/ analyze':>10} "
-        f"{'peak GiB':>9}  rc  cpu s of each run"
+        f"{'paired':>7} {'cpu':>6} {'peak GiB':>9}  rc  cpu s of each run"
     )
     for name in commands:
         r = out[name]
         print(
             f"{name:<10} {r['wall_s']:>8.2f} {r['ratio_to_analyze']:>10.3f} "
             f"{r['cpu_s']:>8.2f} {r['cpu_ratio_to_analyze']:>10.3f} "
+            f"{r['paired_ratio']:>7.3f} {r['paired_cpu_ratio']:>6.3f} "
             f"{r['peak_rss_gib']:>9.2f} {r['exit_code']:>3}  {r['cpu_runs']}"
         )
 
