@@ -128,6 +128,9 @@ def test_select_ensemble_result(tmp_path):
     assert val["low"] <= val["difference"] <= val["high"]
     assert ens.best_single == tuple(ens.path["added"][0].split("/"))
     assert "test" in ens.statement
+    # This store's mixture is better beyond noise: the statement still says that is a claim
+    # about the teacher, not about its students.
+    assert "lowers the NLL" in ens.statement and "not a measured gain for students" in ens.statement
     d = ens.to_dict()
     assert d["inference_multiplier"] == ens.n_members
     assert {"members", "weights", "path", "comparison", "statement", "rule"} <= set(d)

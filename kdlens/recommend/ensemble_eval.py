@@ -149,5 +149,7 @@ def _statement(req: EnsembleRequest, rec: EnsembleRecommendation) -> str:
     return (
         f"the mixture of {rec.n_members} checkpoints lowers the NLL after the fit by "
         f"{-d:.4f} nats against the best single checkpoint ({single}) {where} (95% interval "
-        f"{-hi:.4f} to {-lo:.4f}), at {rec.n_members}x the teacher inference of online KD"
+        f"{-hi:.4f} to {-lo:.4f}), at {rec.n_members}x the teacher inference of online KD; "
+        "a better teacher by held-out NLL, not a measured gain for students (docs/science.md, "
+        "Ensemble teachers)"
     )
