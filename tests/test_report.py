@@ -492,3 +492,28 @@ def test_similarity_class_names_map_to_indices_and_an_unknown_name_is_named():
     np.testing.assert_array_equal(_class_index(col, data), [2, 0, 1, 2])
     with pytest.raises(InputError, match="'yak'"):
         _class_index(pl.Series(["cat", "yak"]), data)
+
+
+def test_chart_data_is_strict_json_with_nulls_for_non_finite() -> None:
+    """Inline chart data is one JSON text (polars), strict JSON: NaN and inf become null."""
+    from kdlens.report.charts.common import _values
+
+    df = pl.DataFrame(
+        {
+            "x": [0.1, float("nan"), float("inf"), None, -2.5e-7],
+            "k": [1, 2, 3, 4, 5],
+            "name": ["a", "b</script>", "c", "d", "é"],
+            "flag": [True, False, True, None, False],
+        }
+    )
+    data = _values(df)
+    assert data["format"] == {"type": "json"}
+
+    def strict(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    rows = json.loads(data["values"], parse_constant=strict)
+    assert [r["x"] for r in rows] == [0.1, None, None, None, -2.5e-7]
+    assert [r["k"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["name"] for r in rows] == ["a", "b</script>", "c", "d", "é"]
+    assert [r["flag"] for r in rows] == [True, False, True, None, False]

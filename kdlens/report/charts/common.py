@@ -33,7 +33,8 @@ def _with_teacher(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _values(df: pl.DataFrame) -> dict[str, Any]:
-    """Inline data as one JSON text; NaN/inf become null (JSON has no NaN, Vega skips nulls).
+    """Inline data as one JSON text; polars writes NaN/inf as null (JSON has no NaN, Vega
+    skips nulls: pinned by a test).
 
     Vega-Lite parses inline ``values`` given as a string with ``format: json``. The text
     is written by polars (milliseconds for the 10,000-cell matrix of K = 100), where
@@ -42,14 +43,6 @@ def _values(df: pl.DataFrame) -> dict[str, Any]:
     many layers share it), and ``json.dumps`` of the page; together ~0.2 s of a report.
     A string is also never deep-copied or validated by altair as layers are added.
     """
-    floats = [c for c, t in df.schema.items() if t in (pl.Float32, pl.Float64)]
-    if floats:
-        df = df.with_columns(
-            [
-                pl.when(pl.col(c).is_finite()).then(pl.col(c)).otherwise(None).alias(c)
-                for c in floats
-            ]
-        )
     return {"values": df.write_json(), "format": {"type": "json"}}
 
 
