@@ -6,6 +6,13 @@ distillation beats plain students beyond the seed noise, kdlens's single-checkpo
 and the ensemble teacher's students against the best single checkpoint of the whole sweep.
 
     python examples/validation_summary.py runs/kdv/mnist10k-noisy runs/kdv/mnist10k-clean
+    python examples/validation_summary.py --dark-mass runs/kdv/mnist60k-noisy
+
+``--dark-mass`` adds a second table: the dark mass (non-target probability mass) at the
+distillation temperature on the transfer split of the best single checkpoint's soft labels
+and of the mixture's, read with ``kdlens.analyze`` from the run's ``teachers/`` and
+``mixture/`` stores: how much softer the mixture's soft labels are than the best single
+checkpoint's.
 """
 
 from __future__ import annotations
@@ -56,6 +63,56 @@ def summary_row(run: Path) -> dict[str, object]:
     }
 
 
+def dark_mass_row(run: Path, temperature: float = 4.0) -> dict[str, object]:
+    """Transfer-split dark mass at ``temperature`` of the best single checkpoint and the mixture."""
+    from kdlens import analyze
+
+    meta = json.loads((run / "run.json").read_text())
+    mixture = pl.read_parquet(run / "mixture.parquet")
+    best = mixture.filter(pl.col("versus") == "best single checkpoint").row(0, named=True)
+    b_run, b_ck = str(best["reference"]).split("/")
+
+    def dark(store: Path, key: tuple[str, str] | None) -> float:
+        summ = analyze(store, temperature=temperature, splits=["train"], n_permutations=0).summary
+        if key is not None:
+            summ = summ.filter((pl.col("run") == key[0]) & (pl.col("checkpoint") == key[1]))
+        return float(summ["dark_mass"][0])
+
+    return {
+        "benchmark": meta["benchmark"],
+        "temperature": temperature,
+        "best_single": best["reference"],
+        "dark_mass_best_single": dark(run / "teachers", (b_run, b_ck)),
+        "members": best["n_members"],
+        # A one-member selection writes no mixture store (its students are its checkpoint's).
+        "dark_mass_mixture": (
+            dark(run / "mixture", None)
+            if best["n_members"] > 1
+            else dark(run / "teachers", _member(str(best["members"])))
+        ),
+    }
+
+
+def _member(members: str) -> tuple[str, str]:
+    """(run, checkpoint) of the first member of ``"run/ck x0.75, run/ck x0.25"``."""
+    run, ck = members.split(" ")[0].split("/")
+    return run, ck
+
+
+def dark_mass_markdown(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "| benchmark | T | best single checkpoint | its transfer dark mass "
+        "| mixture members | mixture's transfer dark mass |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['benchmark']} | {r['temperature']:g} | {r['best_single']} "
+            f"| {r['dark_mass_best_single']:.3f} | {r['members']} | {r['dark_mass_mixture']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, object]]) -> str:
     head = (
         "| benchmark | role | plain students | best single checkpoint's students | seed noise "
@@ -83,8 +140,16 @@ def markdown(rows: list[dict[str, object]]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="finished run directories")
+    ap.add_argument(
+        "--dark-mass",
+        action="store_true",
+        help="also the transfer dark mass at T = 4 of the best single checkpoint and the mixture",
+    )
     a = ap.parse_args()
     print(markdown([summary_row(r) for r in a.runs]))
+    if a.dark_mass:
+        print()
+        print(dark_mass_markdown([dark_mass_row(r) for r in a.runs]))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -297,6 +298,19 @@ def test_validate_recommend_smoke_runs(
     kd = scores.filter(pl.col("score") == "kdlens")
     assert row["kdlens_regret_pp"] == pytest.approx(kd["regret_pp"][0])
     assert "| emnist-noisy | held-out |" in markdown([row])
+    from validation_summary import dark_mass_markdown, dark_mass_row
+
+    dm = dark_mass_row(out)
+    assert dm["best_single"] == mix["reference"][0]
+    assert 0.0 <= float(dm["dark_mass_best_single"]) <= 1.0  # type: ignore[arg-type]
+    assert 0.0 <= float(dm["dark_mass_mixture"]) <= 1.0  # type: ignore[arg-type]
+    assert "| emnist-noisy | 4 |" in dark_mass_markdown([dm])
+    # A one-member selection writes no mixture store: its dark mass is its checkpoint's.
+    one = mix.with_columns(n_members=pl.lit(1), members=pl.lit(f"{mix['reference'][0]} x1.00"))
+    one.write_parquet(out / "mixture.parquet")
+    shutil.rmtree(out / "mixture")
+    dm1 = dark_mass_row(out)
+    assert dm1["dark_mass_mixture"] == dm1["dark_mass_best_single"] == dm["dark_mass_best_single"]
 
 
 def test_seed_bootstrap_interval(monkeypatch: pytest.MonkeyPatch) -> None:
