@@ -186,10 +186,13 @@ def test_a_live_lock_raises_locked_error(tmp_path):
 
 # ---------------------------------------------------------------- Ctrl-C
 
+#: A dump that trains for ~25 s on an idle machine (50 epochs took 0.6 s: on an idle CI
+#: machine the first of two dumps could finish before the test's Ctrl-C reached it). Every
+#: test that starts it interrupts it; none waits for it to finish.
 _DUMP = (
     "dump",
     "--epochs",
-    "50",
+    "2000",
     "--batch-sizes",
     "16",
     "--train-size",
