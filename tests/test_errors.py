@@ -329,3 +329,33 @@ def test_analyze_refuses_a_k_that_does_not_fit(store, monkeypatch):
         kdlens.analyze(store)
     r = run("analyze", store, "-o", store.parent / "a", "-q")
     assert r.exit_code == 2 and "K = 6 classes" in r.output
+
+
+@pytest.mark.parametrize("where", ["writing the pid", "just after taking the lock"])
+def test_an_interrupt_while_taking_the_lock_leaves_no_lock_file(tmp_path, monkeypatch, where):
+    """A Ctrl-C that lands inside the lock's acquisition (the CI flake of a dump stopped at
+    0.4 s left `.runs.lock` behind) removes the lock file it created."""
+    import kdlens._internal.lock as lock
+
+    out = tmp_path / "runs"
+    if where == "writing the pid":
+
+        def write(fd, data):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(lock.os, "write", write)
+    else:
+        acquire = lock._acquire
+
+        def acquire_then_interrupted(path, o):
+            acquire(path, o)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(lock, "_acquire", acquire_then_interrupted)
+    with pytest.raises(KeyboardInterrupt), lock.output_lock(out):
+        pass
+    monkeypatch.undo()
+    assert not lock_path(out).exists()
+    with lock.output_lock(out):  # and the next writer takes it at once
+        assert lock_path(out).exists()
+    assert not lock_path(out).exists()

@@ -58,18 +58,16 @@ def output_lock(output: str | os.PathLike[str], *, directory: bool = True) -> It
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))
     path = lock_path(out)
     made: list[Path] = []  # directories made for the lock file, removed again if left empty
-    if path in _held:
-        _held[path] += 1
-    else:
+    first = path not in _held
+    if first:
         made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _acquire(path, out)
-        except BaseException:
-            _remove_empty(made)
-            raise
-        _held[path] = 1
+    # Counted before the lock is taken and released in one finally: a Ctrl-C that lands
+    # just after the lock file is written (before the block starts) still removes it.
+    _held[path] = _held.get(path, 0) + 1
     try:
+        if first:
+            _acquire(path, out)
         yield path
     finally:
         _held[path] -= 1
@@ -122,9 +120,13 @@ def _acquire(path: Path, out: Path) -> None:
             path.unlink(missing_ok=True)  # stale: its holder is gone
             continue
         try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
+        except BaseException:
+            path.unlink(missing_ok=True)  # created above: not left behind pid-less
+            raise
         return
     raise LockedError(f"{out}: could not take the lock file {path}")
 
