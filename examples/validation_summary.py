@@ -63,38 +63,39 @@ def summary_row(run: Path) -> dict[str, object]:
     }
 
 
-def dark_mass_row(run: Path, temperature: float = 4.0) -> dict[str, object]:
-    """Transfer-split dark mass at ``temperature`` of the best single checkpoint and the mixture."""
+def dark_mass_row(run: Path) -> dict[str, object]:
+    """Transfer-split dark mass, at the run's distillation temperature, of the best single
+    checkpoint and of the mixture."""
     from kdlens import analyze
 
     meta = json.loads((run / "run.json").read_text())
+    t = float(meta["temperature"])
     mixture = pl.read_parquet(run / "mixture.parquet")
     best = mixture.filter(pl.col("versus") == "best single checkpoint").row(0, named=True)
-    b_run, b_ck = str(best["reference"]).split("/")
 
-    def dark(store: Path, key: tuple[str, str] | None) -> float:
-        summ = analyze(store, temperature=temperature, splits=["train"], n_permutations=0).summary
-        if key is not None:
-            summ = summ.filter((pl.col("run") == key[0]) & (pl.col("checkpoint") == key[1]))
-        return float(summ["dark_mass"][0])
+    def dark_masses(store: Path) -> dict[tuple[str, str], float]:
+        summ = analyze(store, temperature=t, splits=["train"], n_permutations=0).summary
+        rows = summ.select("run", "checkpoint", "dark_mass").rows()
+        return {(r, c): float(d) for r, c, d in rows}
 
+    teachers = dark_masses(run / "teachers")
+    # A one-member selection writes no mixture store (its students are its checkpoint's).
+    if best["n_members"] > 1:
+        mixed = next(iter(dark_masses(run / "mixture").values()))
+    else:
+        mixed = teachers[_member(str(best["members"]))]
     return {
         "benchmark": meta["benchmark"],
-        "temperature": temperature,
+        "temperature": t,
         "best_single": best["reference"],
-        "dark_mass_best_single": dark(run / "teachers", (b_run, b_ck)),
+        "dark_mass_best_single": teachers[_member(str(best["reference"]))],
         "members": best["n_members"],
-        # A one-member selection writes no mixture store (its students are its checkpoint's).
-        "dark_mass_mixture": (
-            dark(run / "mixture", None)
-            if best["n_members"] > 1
-            else dark(run / "teachers", _member(str(best["members"])))
-        ),
+        "dark_mass_mixture": mixed,
     }
 
 
 def _member(members: str) -> tuple[str, str]:
-    """(run, checkpoint) of the first member of ``"run/ck x0.75, run/ck x0.25"``."""
+    """(run, checkpoint) of the first of ``"run/ck x0.75, run/ck x0.25"`` (or of ``"run/ck"``)."""
     run, ck = members.split(" ")[0].split("/")
     return run, ck
 
@@ -143,7 +144,8 @@ def main() -> None:
     ap.add_argument(
         "--dark-mass",
         action="store_true",
-        help="also the transfer dark mass at T = 4 of the best single checkpoint and the mixture",
+        help="also the transfer dark mass at the distillation T of the best single checkpoint "
+        "and the mixture",
     )
     a = ap.parse_args()
     print(markdown([summary_row(r) for r in a.runs]))
