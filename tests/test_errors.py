@@ -359,3 +359,31 @@ def test_an_interrupt_while_taking_the_lock_leaves_no_lock_file(tmp_path, monkey
     with lock.output_lock(out):  # and the next writer takes it at once
         assert lock_path(out).exists()
     assert not lock_path(out).exists()
+
+
+_HARD_EXIT = """
+import os, signal, sys, time
+from pathlib import Path
+from kdlens._internal import interrupt
+from kdlens._internal.lock import output_lock
+interrupt.install()
+with output_lock(Path(sys.argv[1])):
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+    except KeyboardInterrupt:
+        pass  # lost, as in a C extension's import: only the watchdog can end the process
+    time.sleep(20)
+"""
+
+
+def test_the_watchdogs_hard_exit_removes_the_lock_file(tmp_path):
+    """A Ctrl-C that is lost (in a C extension's import, say) ends the process by the
+    watchdog's hard exit, which skips every finally: the lock file is removed there (a CI
+    flake: a dump interrupted at 0.4 s left `.runs.lock`)."""
+    out = tmp_path / "runs"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _HARD_EXIT, str(out)], capture_output=True, env=env, timeout=30
+    )
+    assert proc.returncode == 130, proc.stderr.decode()
+    assert not lock_path(out).exists()

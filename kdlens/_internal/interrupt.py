@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 __all__: list[str] = []
@@ -27,6 +28,9 @@ REDELIVER_DELAY = 0.05
 EXIT_INTERRUPTED = 130  # kdlens.errors.EXIT_INTERRUPTED, restated to keep this module light
 
 _state = {"interrupted": False, "exiting": False}
+#: Run by the watchdog before its hard exit, which skips every ``finally`` and atexit
+#: handler: what must not outlive the process (an output's lock file) is undone here.
+_hard_exit_cleanups: list[Callable[[], None]] = []
 _previous_hook: Any = None
 
 
@@ -52,6 +56,11 @@ def exit_interrupted() -> None:
             pass
     print("interrupted", file=sys.stderr, flush=True)
     sys.exit(EXIT_INTERRUPTED)
+
+
+def on_hard_exit(fn: Callable[[], None]) -> None:
+    """Have the watchdog call ``fn`` before it ends the process (see above)."""
+    _hard_exit_cleanups.append(fn)
 
 
 def install() -> None:
@@ -95,6 +104,11 @@ def _watchdog() -> None:
     # second; this one is for an interrupt lost where Python cannot raise it.
     threading.Event().wait(GRACE_SECONDS)
     try:
+        for fn in _hard_exit_cleanups:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - the exit must happen whatever a clean-up does
+                pass
         sys.stderr.write("interrupted\n")
         sys.stderr.flush()
     finally:

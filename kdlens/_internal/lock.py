@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kdlens._internal import interrupt
 from kdlens._internal.atomic import local_path, remote_url
 from kdlens.errors import LockedError
 
@@ -38,6 +39,17 @@ UNREADABLE_STALE_SECONDS = 5.0
 
 #: Locks this process holds: path -> depth (a holder may take its own lock again).
 _held: dict[Path, int] = {}
+
+
+def _release_all() -> None:
+    """Remove this process's lock files: the interrupt watchdog's hard exit skips the
+    ``finally`` of :func:`output_lock` (a Ctrl-C during a long C call, a torch import)."""
+    for path in list(_held):
+        if _read_pid(path) == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+interrupt.on_hard_exit(_release_all)
 
 
 def lock_path(output: str | os.PathLike[str]) -> Path:
