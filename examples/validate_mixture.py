@@ -13,6 +13,14 @@ initial weights), with a percentile bootstrap over seeds (:func:`seed_bootstrap`
   accuracy over seeds: an oracle no score can beat, so the difference is conservative);
 - mixture minus **kdlens's single-checkpoint pick** (``recommend``'s top);
 - mixture minus **plain students** (no teacher).
+
+``--sharpen`` (declared 2026-12-02, fourth session, before any run) adds a second mixture
+teacher: the same mixture with its logits ``log p`` scaled by the factor ``c`` at which its
+mean transfer-split dark mass at the distillation T equals that of kdlens's single pick
+(:func:`matched_factor`; no free parameter), distilled to the same seeds at the same T and
+alpha. It separates "a better teacher" from "a softer teacher": averaging probabilities
+spreads them, and the selected mixtures were softer than the best single checkpoint on every
+real-size run. Its comparisons go to ``mixture-sharp.parquet``.
 """
 
 from __future__ import annotations
@@ -22,10 +30,17 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.optimize import brentq
 
+from kdlens import dark_mass
 from kdlens.harness.distill import StudentConfig, distill
 from kdlens.recommend.ensemble import EnsembleRecommendation, select_ensemble
 from kdlens.store.mixture import write_ensemble
+from kdlens.store.reader import open_store
+from kdlens.store.writer import CheckpointWriter
+
+#: The split the students are distilled on (the harness's transfer split).
+TRANSFER = "train"
 
 #: Bootstrap replicates of the seed bootstrap and its interval (percent).
 N_SEED_BOOTSTRAP = 10_000
@@ -85,6 +100,84 @@ def mixture_students(
     return pl.read_parquet(res)
 
 
+def matched_factor(
+    teachers: Path, single: tuple[str, str], mixture: Path, *, temperature: float
+) -> tuple[float, float, float]:
+    """``(c, single's dark mass, mixture's dark mass)``: the factor ``c`` with
+    ``mean dark_mass(c * z_mix, T) = mean dark_mass(z_single, T)`` on the transfer split.
+
+    Scaling the logits by ``c`` is distilling at ``T / c``; the mean dark mass falls as ``c``
+    grows (the soft labels sharpen), so the root is bracketed in [1/16, 16] whenever the
+    target lies between the mixture's dark masses at those ends.
+    """
+    b = open_store(teachers).load(*single, TRANSFER)
+    target = float(dark_mass(b.logits, b.labels, temperature=temperature).mean())
+    mst = open_store(mixture)
+    m = mst.load(*mst.keys()[0], TRANSFER)
+    z = m.logits.astype(np.float64)
+
+    def gap(c: float) -> float:
+        return float(dark_mass(z * c, m.labels, temperature=temperature).mean()) - target
+
+    mixed = gap(1.0) + target
+    return float(brentq(gap, 1 / 16, 16, xtol=1e-6)), target, mixed
+
+
+def write_scaled(src: Path, dst: Path, factor: float) -> None:
+    """The one-checkpoint store ``src`` with every split's logits times ``factor``."""
+    st = open_store(src)
+    ((run, ck),) = st.keys()
+    meta = st.checkpoint_metadata(run, ck)
+    config = dict(meta.get("config") or {}) | {"sharpen": factor}
+    dst.mkdir(parents=True, exist_ok=True)
+    with CheckpointWriter(
+        dst / f"{run}-{ck}-sharp.parquet",
+        run=run,
+        checkpoint=f"{ck}-sharp",
+        num_classes=st.num_classes,
+        class_names=st.class_names,
+        dataset=meta.get("dataset"),
+        model=f"{meta.get('model')} sharpened x{factor:.4f}",
+        config=config,
+        overwrite=True,
+    ) as w:
+        for split in st.splits():
+            b = st.load(run, ck, split)
+            lab = None if (b.labels < 0).all() else b.labels
+            z = b.logits * np.float32(factor)
+            w.write(z, split=split, example_ids=b.example_ids, labels=lab)
+
+
+def sharpened_students(
+    out: Path,
+    ens: EnsembleRecommendation,
+    single: tuple[str, str],
+    *,
+    sc: StudentConfig,
+    seeds: tuple[int, ...],
+    temperature: float,
+    alpha: float,
+) -> tuple[pl.DataFrame, dict[str, float]]:
+    """Students of the sharpness-matched mixture (``out/mixture`` must exist)."""
+    c, target, mixed = matched_factor(
+        out / "teachers", single, out / "mixture", temperature=temperature
+    )
+    info = {"factor": c, "dark_mass_single": target, "dark_mass_mixture": mixed}
+    res = out / "students-mixture-sharp" / "results.parquet"
+    if not res.is_file():
+        write_scaled(out / "mixture", out / "mixture-sharp", c)
+        distill(
+            out / "mixture-sharp",
+            out / "students-mixture-sharp",
+            all_checkpoints=True,
+            temperature=temperature,
+            alpha=alpha,
+            seeds=seeds,
+            student=sc,
+        )
+    return pl.read_parquet(res), info
+
+
 def run_mixture(
     out: Path,
     students: pl.DataFrame,
@@ -98,6 +191,7 @@ def run_mixture(
     max_members: int,
     n_bootstrap: int,
     smoke: bool = False,
+    sharpen: bool = False,
 ) -> tuple[EnsembleRecommendation, pl.DataFrame]:
     """Select, write and distill the mixture; one row per comparison (``mixture.parquet``)."""
     ens = select_ensemble(
@@ -140,7 +234,20 @@ def run_mixture(
     refs.append(("plain students", "plain", students.filter(pl.col("plain"))))
     df = compare(mix, refs, ens)
     df.write_parquet(out / "mixture.parquet")
+    if sharpen and ens.n_members > 1 and rec.recommended:
+        single = (rec.recommended["run"], rec.recommended["checkpoint"])
+        sharp_df, info = sharpened_students(
+            out, ens, single, sc=sc, seeds=seeds, temperature=temperature, alpha=alpha
+        )
+        mix_ref = ("unsharpened mixture", "mixture", _as_students(mix))
+        sharp = compare(per_seed(sharp_df), [*refs, mix_ref], ens)
+        sharp = sharp.with_columns(**{k: pl.lit(v) for k, v in info.items()})
+        sharp.write_parquet(out / "mixture-sharp.parquet")
     return ens, df
+
+
+def _as_students(acc: dict[int, float]) -> pl.DataFrame:
+    return pl.DataFrame({"seed": list(acc), "student_test_acc": list(acc.values())})
 
 
 def compare(
@@ -203,6 +310,27 @@ def markdown(ens: EnsembleRecommendation, df: pl.DataFrame) -> str:
         "",
         "| versus | reference | mixture students | reference students | difference (pp) "
         "| 95 % interval (pp) | seeds |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for r in df.iter_rows(named=True):
+        lines.append(
+            f"| {r['versus']} | {r['reference']} | {100 * r['mixture_accuracy']:.2f} | "
+            f"{100 * r['reference_accuracy']:.2f} | {r['difference_pp']:+.2f} | "
+            f"[{r['ci_low_pp']:+.2f}, {r['ci_high_pp']:+.2f}] | {r['n_seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def sharp_markdown(df: pl.DataFrame) -> str:
+    """The sharpness-matched mixture's students against the references (``--sharpen``)."""
+    r0 = df.row(0, named=True)
+    lines = [
+        "",
+        f"Sharpness-matched mixture: logits x{r0['factor']:.3f}, transfer dark mass "
+        f"{r0['dark_mass_mixture']:.3f} -> {r0['dark_mass_single']:.3f} (kdlens's single pick's).",
+        "",
+        "| versus | reference | sharpened-mixture students | reference students "
+        "| difference (pp) | 95 % interval (pp) | seeds |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in df.iter_rows(named=True):

@@ -278,6 +278,7 @@ def run(
     variant: str = "noisy",
     smoke: bool = False,
     max_members: int = ENSEMBLE_MAX_MEMBERS,
+    sharpen: bool = False,
 ) -> pl.DataFrame:
     torch.set_num_threads(1)  # the machine is shared; students are tiny anyway
     label, cfg, sc = benchmark(name, label_noise=label_noise, variant=variant, smoke=smoke)
@@ -307,6 +308,7 @@ def run(
         max_members=max_members,
         n_bootstrap=n_bootstrap,
         smoke=smoke,
+        sharpen=sharpen,
     )
     meta = {
         "benchmark": label,
@@ -332,6 +334,8 @@ def run(
     }
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
     text = markdown(ev, table, meta) + mixture.markdown(ens, mix)
+    if sharpen and (out / "mixture-sharp.parquet").is_file():
+        text += mixture.sharp_markdown(pl.read_parquet(out / "mixture-sharp.parquet"))
     (out / "validation.md").write_text(text)
     print(text, flush=True)
     return ev
@@ -396,6 +400,11 @@ def main() -> None:
     p.add_argument("--role", default=None, help="'fit' or 'held-out' (default: the declared set)")
     p.add_argument("--teacher-lr", type=float, default=None, help="teacher lr at batch size 128")
     p.add_argument("--lr-scaling", default=None, help="teacher lr scaling: linear, sqrt or none")
+    p.add_argument(
+        "--sharpen",
+        action="store_true",
+        help="also distil the mixture sharpened to the single pick's transfer dark mass",
+    )
     a = p.parse_args()
     seeds = tuple(int(s) for s in (a.seeds or ("0,1" if a.smoke else "0,1,2,3")).split(","))
     run(
@@ -412,6 +421,7 @@ def main() -> None:
         variant=a.variant,
         smoke=a.smoke,
         max_members=3 if a.smoke else a.max_members,
+        sharpen=a.sharpen,
     )
 
 

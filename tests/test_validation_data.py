@@ -324,3 +324,41 @@ def test_seed_bootstrap_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seed_bootstrap(np.array([1.0, 2.0]), seed=3) == seed_bootstrap(
         np.array([1.0, 2.0]), seed=3
     )
+
+
+def test_sharpened_mixture_matches_the_single_picks_dark_mass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--sharpen``: the factor puts the mixture's transfer dark mass at the single's, and
+    the written store holds the mixture's logits times that factor, every split."""
+    from kdlens import dark_mass, open_store, write_ensemble
+    from kdlens.store.writer import write_logits
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    from validate_mixture import matched_factor, write_scaled
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 300)
+    teachers = tmp_path / "teachers"
+    for ck, scale in (("ep1", 2.0), ("ep2", 4.0)):
+        z = rng.normal(size=(300, 5)) + scale * np.eye(5)[y]
+        write_logits(
+            teachers / f"a-{ck}.parquet",
+            z,
+            split="train",
+            run="a",
+            checkpoint=ck,
+            labels=y,
+            example_ids=np.arange(300),
+        )
+    write_ensemble(teachers, ["a/ep1", "a/ep2"], tmp_path / "mixture")
+    c, single, mixed = matched_factor(teachers, ("a", "ep2"), tmp_path / "mixture", temperature=4.0)
+    assert mixed > single and c > 1.0  # averaging with the softer ep1 softened it
+    write_scaled(tmp_path / "mixture", tmp_path / "sharp", c)
+    st, mst = open_store(tmp_path / "sharp"), open_store(tmp_path / "mixture")
+    b, m = st.load(*st.keys()[0], "train"), mst.load(*mst.keys()[0], "train")
+    assert np.array_equal(b.example_ids, m.example_ids) and np.array_equal(b.labels, m.labels)
+    np.testing.assert_allclose(b.logits, m.logits * np.float32(c), rtol=1e-6)
+    got = float(dark_mass(b.logits, b.labels, temperature=4.0).mean())
+    assert got == pytest.approx(single, abs=1e-5)  # float32 storage of the scaled logits
+    assert st.checkpoint_metadata(*st.keys()[0])["config"]["sharpen"] == pytest.approx(c)
