@@ -307,18 +307,8 @@ def markdown(ens: EnsembleRecommendation, df: pl.DataFrame) -> str:
         "Students of the mixture minus students of a reference (test accuracy, pp; paired by "
         "seed, 95 % seed-bootstrap interval). The first row is the mixture minus best single "
         "checkpoint of the whole sweep:",
-        "",
-        "| versus | reference | mixture students | reference students | difference (pp) "
-        "| 95 % interval (pp) | seeds |",
-        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]
-    for r in df.iter_rows(named=True):
-        lines.append(
-            f"| {r['versus']} | {r['reference']} | {100 * r['mixture_accuracy']:.2f} | "
-            f"{100 * r['reference_accuracy']:.2f} | {r['difference_pp']:+.2f} | "
-            f"[{r['ci_low_pp']:+.2f}, {r['ci_high_pp']:+.2f}] | {r['n_seeds']} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _students_table(df, "mixture students")) + "\n"
 
 
 def sharp_markdown(df: pl.DataFrame) -> str:
@@ -328,9 +318,15 @@ def sharp_markdown(df: pl.DataFrame) -> str:
         "",
         f"Sharpness-matched mixture: logits x{r0['factor']:.3f}, transfer dark mass "
         f"{r0['dark_mass_mixture']:.3f} -> {r0['dark_mass_single']:.3f} (kdlens's single pick's).",
+    ]
+    return "\n".join(lines + _students_table(df, "sharpened-mixture students")) + "\n"
+
+
+def _students_table(df: pl.DataFrame, teacher: str) -> list[str]:
+    lines = [
         "",
-        "| versus | reference | sharpened-mixture students | reference students "
-        "| difference (pp) | 95 % interval (pp) | seeds |",
+        f"| versus | reference | {teacher} | reference students | difference (pp) "
+        "| 95 % interval (pp) | seeds |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]
     for r in df.iter_rows(named=True):
@@ -339,4 +335,4 @@ def sharp_markdown(df: pl.DataFrame) -> str:
             f"{100 * r['reference_accuracy']:.2f} | {r['difference_pp']:+.2f} | "
             f"[{r['ci_low_pp']:+.2f}, {r['ci_high_pp']:+.2f}] | {r['n_seeds']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
