@@ -80,6 +80,9 @@ def test_one_checkpoint_exits_1(tmp_path):
     res = runner.invoke(app, ["recommend", str(tmp_path / "a.parquet")])
     assert res.exit_code == 1
     assert "only one checkpoint" in res.output
+    # Nothing was read: no bootstrap ran, and no footer explains a score or P(best).
+    assert "bootstrap = 0" in res.output and "score = " not in res.output
+    assert "was not computed" not in res.output
     res = runner.invoke(app, ["recommend", str(tmp_path / "a.parquet"), "--json"])
     assert res.exit_code == 1 and json.loads(res.stdout)["recommended"] is None
 

@@ -99,6 +99,12 @@ def test_ensemble_members_and_errors(tmp_path):
         app, ["ensemble", str(root), "--from-recommendation", str(junk), "-o", str(tmp_path / "x")]
     )
     assert j.exit_code == 2 and "no ensemble" in j.output
+    for name, content in (("absent.json", None), ("binary.json", b"\xff\xfe\x00")):
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        args = ["ensemble", str(root), "--from-recommendation", str(tmp_path / name)]
+        m = runner.invoke(app, [*args, "-o", str(tmp_path / "x")])
+        assert m.exit_code == 2 and name in m.output and "Traceback" not in m.output, m.output
     assert not (tmp_path / "x").exists()
 
 

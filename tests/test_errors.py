@@ -387,3 +387,42 @@ def test_the_watchdogs_hard_exit_removes_the_lock_file(tmp_path):
     )
     assert proc.returncode == 130, proc.stderr.decode()
     assert not lock_path(out).exists()
+
+
+# ---------------------------------------------------------------- click's own errors
+
+
+@pytest.mark.parametrize(
+    "args, said",
+    [
+        (["recommend", "x", "--bootsrap", "3"], "No such option: --bootsrap"),
+        (["recommend"], "Missing argument"),
+        (["recomend", "x"], "Did you mean 'recommend'?"),
+        (["recommend", "x", "-B", "abc"], "Invalid value for '--bootstrap'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_help(args, said):
+    """An unknown option, a missing argument or a bad value: one `error:` line (not click's
+    usage block), exit 2, and the command whose --help lists the options."""
+    result = run(*args)
+    line = one_line_error(result, 2)
+    assert said in line and "--help`" in line
+    assert result.output.strip() == line and "Usage:" not in result.output
+
+
+def test_bare_kdlens_prints_its_help():
+    result = run()
+    assert result.exit_code == 2 and "Usage: kdlens" in result.output
+    assert "recommend" in result.output and "error:" not in result.output
+
+
+def test_an_output_whose_lock_cannot_be_created_is_named_not_the_lock(store, tmp_path, monkeypatch):
+    import kdlens._internal.lock as lock
+
+    def refuse(path, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(lock.os, "open", refuse)
+    line = one_line_error(run("analyze", store, "-o", tmp_path / "out", "-q"), 3)
+    assert line.startswith(f"error: {tmp_path / 'out'}: ") and "EACCES" in line, line
+    assert ".out.lock cannot be created" in line and not (tmp_path / "out").exists()

@@ -187,8 +187,11 @@ def test_not_parquet_and_truncated_files(tmp_path: Path) -> None:
 
 def test_missing_column_and_wrong_dtype(tmp_path: Path) -> None:
     pq.write_table(pa.table({"run": ["r"], "checkpoint": ["c"]}), tmp_path / "m.parquet")
-    with pytest.raises(StoreError, match="m.parquet: missing column 'split'"):
+    with pytest.raises(StoreError, match="m.parquet: missing column 'split'$"):
         open_store(tmp_path / "m.parquet")
+    # Found under a directory: the error says every .parquet there is read as logits.
+    with pytest.raises(StoreError, match="missing column 'split'; every .parquet file under"):
+        open_store(tmp_path)
     t = pa.table(
         {
             "run": ["r"],

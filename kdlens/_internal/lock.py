@@ -131,6 +131,9 @@ def _acquire(path: Path, out: Path) -> None:
                 ) from None
             path.unlink(missing_ok=True)  # stale: its holder is gone
             continue
+        except OSError as exc:  # the user named the output, not the hidden lock file
+            reason = f"{exc.strerror}: its lock file {path.name} cannot be created there"
+            raise OSError(exc.errno, reason, str(out)) from None
         try:
             try:
                 os.write(fd, f"{os.getpid()}\n".encode())

@@ -7,17 +7,47 @@ import functools
 import inspect
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from kdlens.cli._render import console, err_console, labelled
 from kdlens.errors import EXIT_OS_ERROR, KdlensError
 
+
+class _Group(TyperGroup):
+    """kdlens's command group: click's own errors (an unknown option, a missing argument,
+    a value of the wrong type) are one ``error:`` line like every other error, with the
+    command's ``--help`` named, instead of click's usage block; exit codes are click's
+    (2 for a usage error)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # click's errors, as typer (>= 0.29) raises them
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kdlens`: the help text
+                exc.show()
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            labelled("error", exc.format_message() + hint, style="bold red", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            err_console.print("Aborted!")
+            sys.exit(1)
+        # A command's ``raise typer.Exit(n)`` comes back as n; a finished command as None.
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="kdlens",
     help="Which teacher checkpoint should you distill from? Analyses over dumped logits.",
     no_args_is_help=True,

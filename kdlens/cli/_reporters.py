@@ -31,7 +31,7 @@ class RichReporter:
             TimeElapsedColumn(),
             console=err_console,
             transient=True,
-            disable=quiet,
+            disable=quiet or not err_console.is_terminal,  # no bare line off a terminal
         )
         self.runs_task = self.progress.add_task("runs", total=total_runs)
         self.epoch_task: Any = None

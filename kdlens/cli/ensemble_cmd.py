@@ -125,10 +125,14 @@ def _number(text: str) -> float:
 
 def _from_recommendation(path: Path) -> dict[str, Any]:
     """Members, weights, rule and T of a ``recommend --ensemble --json`` file."""
+    if not path.is_file():  # an input the user named: bad input (2), not an OS failure (3)
+        fail(f"--from-recommendation {path}: no such file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         fail(f"--from-recommendation {path}: not JSON ({exc.msg}, line {exc.lineno})")
+    except UnicodeDecodeError:
+        fail(f"--from-recommendation {path}: not JSON (not UTF-8 text)")
     ens = data.get("ensemble", data) if isinstance(data, dict) else None
     if not isinstance(ens, dict) or not ens.get("member_names"):
         fail(

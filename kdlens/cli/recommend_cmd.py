@@ -154,8 +154,9 @@ def _render(rec: Recommendation) -> None:
     _render_map(rec.sweet_spot)
     for n in rec.notes:
         labelled("note", n, style="yellow")
-    say(f"{rec.score_definition} (w = {rec.collapse_weight:g})", style="dim")
-    say(f"{rec.probability_best_definition}; {PICK_RULE}", style="dim")
+    if rec.ranking.height > 1:  # with one checkpoint nothing was scored or resampled
+        say(f"{rec.score_definition} (w = {rec.collapse_weight:g})", style="dim")
+        say(f"{rec.probability_best_definition}; {PICK_RULE}", style="dim")
 
 
 def _ranking_table(rec: Recommendation) -> Any:

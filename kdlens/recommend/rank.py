@@ -154,7 +154,7 @@ def too_few_checkpoints(req: RecommendRequest, collapse_weight: float) -> Recomm
         req.notes,
         temperature=req.temperature,
         collapse_weight=collapse_weight,
-        n_bootstrap=req.n_bootstrap,
+        n_bootstrap=0,  # nothing was read, so no bootstrap ran: say so, not the count asked for
     )
 
 
