@@ -114,6 +114,36 @@ def dark_mass_markdown(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def sharpen_markdown(runs: list[Path]) -> str:
+    """The sharpness-matched mixture (``validate_recommend.py --sharpen``) of every run that
+    has one: its factor, and its students against the best single checkpoint and the
+    unsharpened mixture (seed-paired differences, pp, 95 % seed-bootstrap interval)."""
+    lines = [
+        "| benchmark | logits x | transfer dark mass: mixture → matched | mixture − best single "
+        "| sharpened − best single | sharpened − mixture |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        path = run / "mixture-sharp.parquet"
+        if not path.is_file():
+            continue
+        sharp = pl.read_parquet(path)
+        mix = pl.read_parquet(run / "mixture.parquet")
+        bench = json.loads((run / "run.json").read_text())["benchmark"]
+
+        def diff(df: pl.DataFrame, versus: str) -> str:
+            r = df.filter(pl.col("versus") == versus).row(0, named=True)
+            return f"{r['difference_pp']:+.2f} [{r['ci_low_pp']:+.2f}, {r['ci_high_pp']:+.2f}]"
+
+        r0 = sharp.row(0, named=True)
+        lines.append(
+            f"| {bench} | {r0['factor']:.3f} | {r0['dark_mass_mixture']:.3f} → "
+            f"{r0['dark_mass_single']:.3f} | {diff(mix, 'best single checkpoint')} "
+            f"| {diff(sharp, 'best single checkpoint')} | {diff(sharp, 'unsharpened mixture')} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, object]]) -> str:
     head = (
         "| benchmark | role | plain students | best single checkpoint's students | seed noise "
@@ -147,8 +177,16 @@ def main() -> None:
         help="also the transfer dark mass at the distillation T of the best single checkpoint "
         "and the mixture",
     )
+    ap.add_argument(
+        "--sharpen",
+        action="store_true",
+        help="also the sharpness-matched mixture of the runs made with --sharpen",
+    )
     a = ap.parse_args()
     print(markdown([summary_row(r) for r in a.runs]))
+    if a.sharpen:
+        print()
+        print(sharpen_markdown(a.runs))
     if a.dark_mass:
         print()
         print(dark_mass_markdown([dark_mass_row(r) for r in a.runs]))

@@ -362,3 +362,35 @@ def test_sharpened_mixture_matches_the_single_picks_dark_mass(
     got = float(dark_mass(b.logits, b.labels, temperature=4.0).mean())
     assert got == pytest.approx(single, abs=1e-5)  # float32 storage of the scaled logits
     assert st.checkpoint_metadata(*st.keys()[0])["config"]["sharpen"] == pytest.approx(c)
+
+
+def test_sharpen_summary_reads_both_comparisons(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import polars as pl
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    from validation_summary import sharpen_markdown
+
+    def rows(versus: list[str], diffs: list[float]) -> pl.DataFrame:
+        return pl.DataFrame({"versus": versus, "difference_pp": diffs}).with_columns(
+            ci_low_pp=pl.col("difference_pp") - 1, ci_high_pp=pl.col("difference_pp") + 1
+        )
+
+    run = tmp_path / "b"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"benchmark": "b-noisy"}))
+    rows(["best single checkpoint", "plain students"], [0.5, 2.0]).write_parquet(
+        run / "mixture.parquet"
+    )
+    sharp = rows(["best single checkpoint", "unsharpened mixture"], [0.25, -0.25])
+    sharp.with_columns(
+        factor=pl.lit(1.2), dark_mass_mixture=pl.lit(0.8), dark_mass_single=pl.lit(0.7)
+    ).write_parquet(run / "mixture-sharp.parquet")
+    (tmp_path / "plain").mkdir()  # a run without --sharpen: no row
+    text = sharpen_markdown([run, tmp_path / "plain"])
+    assert text.splitlines()[2] == (
+        "| b-noisy | 1.200 | 0.800 → 0.700 | +0.50 [-0.50, +1.50] | +0.25 [-0.75, +1.25] "
+        "| -0.25 [-1.25, +0.75] |"
+    )
+    assert len(text.splitlines()) == 3
