@@ -24,7 +24,9 @@ Outputs under ``--out``: ``teachers/`` (the store), ``students/results.parquet``
 ``checkpoints.parquet`` (one row per checkpoint: signals, scores, student accuracy),
 ``scores.parquet`` (one row per score), ``mixture/`` and ``students-mixture/`` (the
 ensemble teacher and its students), ``mixture.parquet`` (the comparisons), ``run.json``
-and ``validation.md``.
+and ``validation.md``; with ``--sharpen`` also ``mixture-sharp/``,
+``students-mixture-sharp/`` and ``mixture-sharp.parquet`` (the sharpness-matched mixture of
+``examples/validate_mixture.py``).
 
     python examples/validate_recommend.py digits --out runs/validate-digits
     python examples/validate_recommend.py mnist  --out runs/validate-mnist
