@@ -40,7 +40,7 @@ import polars as pl
 
 from kdlens._internal.atomic import staged_dir
 from kdlens._internal.checks import check_fraction, check_positive_int, check_temperature
-from kdlens._internal.defaults import FIT_SPLIT, N_PERMUTATIONS, TOP_K
+from kdlens._internal.defaults import N_PERMUTATIONS, TOP_K
 from kdlens._internal.lock import locked_output
 from kdlens.analysis.examples_file import ExamplesWriter
 from kdlens.analysis.executors import engine_spec
@@ -66,8 +66,6 @@ __all__ = [
 
 #: Neighbours kept per class in the ``edges`` table.
 DEFAULT_TOP_K = TOP_K
-#: The split used for the temperature fit when present.
-HELD_OUT_SPLIT = FIT_SPLIT
 
 
 # --------------------------------------------------------------------------- result

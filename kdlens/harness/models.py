@@ -81,7 +81,6 @@ class _BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut_kind = shortcut
         self.pad = 0
         self.proj: nn.Module | None = None
         if stride != 1 or cin != cout:

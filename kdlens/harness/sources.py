@@ -61,10 +61,6 @@ class SourceData:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def is_image(self) -> bool:
-        return self.x.ndim == 4
-
 
 # --------------------------------------------------------------------------- safe pickle
 
