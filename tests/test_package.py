@@ -132,6 +132,11 @@ def test_every_public_name_resolves_and_is_listed() -> None:
         kdlens.no_such_name  # noqa: B018
 
 
+def test_docs_api_names_every_public_name() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    assert [n for n in kdlens.__all__ if f"`{n}`" not in text] == []
+
+
 @pytest.mark.parametrize(
     "first",
     [
