@@ -56,6 +56,20 @@ def seed_bootstrap(diff: np.ndarray, *, n: int = N_SEED_BOOTSTRAP, seed: int = 0
     return float(d.mean()), float(low), float(high)
 
 
+def missing_seeds(results: Path, seeds: tuple[int, ...], *, plain: bool = False) -> tuple[int, ...]:
+    """The ``seeds`` without a student (KD, or ``plain``) in ``results`` yet: a rerun with
+    more seeds trains only those (``distill`` merges its rows by key)."""
+    if not results.is_file():
+        return seeds
+    done = pl.read_parquet(results).filter(pl.col("plain") == plain)["seed"].to_list()
+    return tuple(s for s in seeds if s not in set(done))
+
+
+def read_students(results: Path, seeds: tuple[int, ...]) -> pl.DataFrame:
+    """The students of ``seeds`` (a results file may also hold other seeds' rows)."""
+    return pl.read_parquet(results).filter(pl.col("seed").is_in(list(seeds)))
+
+
 def per_seed(students: pl.DataFrame) -> dict[int, float]:
     seeds, acc = students["seed"].to_list(), students["student_test_acc"].to_list()
     return dict(zip(seeds, acc, strict=True))
@@ -88,16 +102,17 @@ def mixture_students(
             temperature=ens.temperature,
             overwrite=True,
         )
+    if todo := missing_seeds(res, seeds):
         distill(
             out / "mixture",
             out / "students-mixture",
             all_checkpoints=True,
             temperature=temperature,
             alpha=alpha,
-            seeds=seeds,
+            seeds=todo,
             student=sc,
         )
-    return pl.read_parquet(res)
+    return read_students(res, seeds)
 
 
 def matched_factor(
@@ -166,16 +181,17 @@ def sharpened_students(
     res = out / "students-mixture-sharp" / "results.parquet"
     if not res.is_file():
         write_scaled(out / "mixture", out / "mixture-sharp", c)
+    if todo := missing_seeds(res, seeds):
         distill(
             out / "mixture-sharp",
             out / "students-mixture-sharp",
             all_checkpoints=True,
             temperature=temperature,
             alpha=alpha,
-            seeds=seeds,
+            seeds=todo,
             student=sc,
         )
-    return pl.read_parquet(res), info
+    return read_students(res, seeds), info
 
 
 def run_mixture(

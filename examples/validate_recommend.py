@@ -37,7 +37,8 @@ The real-size benchmarks (``mnist10k``, ``mnist60k``, ``emnist``, ``cifar10``; v
 ``clean``, ``noisy``, ``gap``) and the declared fit set are in
 ``examples/validate_benchmarks.py``; ``--smoke`` runs one at toy size in seconds.
 
-Reruns reuse finished teachers and students (delete ``--out`` to start over).
+Reruns reuse finished teachers and students (delete ``--out`` to start over); a rerun with
+more ``--seeds`` trains only the new seeds' students and reports on the seeds it was given.
 """
 
 from __future__ import annotations
@@ -184,16 +185,17 @@ def teachers_and_students(
     t_teach = time.perf_counter() - t0
     print(f"[{out.name}] teachers done in {t_teach:.0f}s", flush=True)
     res_path = out / "students" / "results.parquet"
-    done = pl.read_parquet(res_path) if res_path.is_file() else None
     store = str(out / "teachers")
     t1 = time.perf_counter()
-    if done is None or done.filter(~pl.col("plain")).height == 0:
-        kw = {"seeds": seeds, "student": sc}
+    # Only the seeds without students yet: a rerun with more --seeds adds to the results.
+    if todo := mixture.missing_seeds(res_path, seeds):
+        kw = {"seeds": todo, "student": sc}
         distill(store, out / "students", all_checkpoints=True, temperature=t, alpha=a, **kw)
-        distill(store, out / "students", plain=True, **kw)
+    if todo := mixture.missing_seeds(res_path, seeds, plain=True):
+        distill(store, out / "students", plain=True, seeds=todo, student=sc)
     t_stud = time.perf_counter() - t1
     print(f"[{out.name}] students done in {t_stud:.0f}s", flush=True)
-    return pl.read_parquet(res_path), t_teach, t_stud
+    return mixture.read_students(res_path, seeds), t_teach, t_stud
 
 
 def score_table(store: str, students: pl.DataFrame, n_bootstrap: int) -> tuple[pl.DataFrame, Any]:

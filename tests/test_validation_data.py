@@ -394,3 +394,17 @@ def test_sharpen_summary_reads_both_comparisons(tmp_path: Path, monkeypatch) -> 
         "| -0.25 [-1.25, +0.75] |"
     )
     assert len(text.splitlines()) == 3
+
+
+def test_a_rerun_with_more_seeds_trains_only_the_new_ones(tmp_path: Path, monkeypatch) -> None:
+    import polars as pl
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    from validate_mixture import missing_seeds, read_students
+
+    res = tmp_path / "results.parquet"
+    assert missing_seeds(res, (0, 1)) == (0, 1)  # nothing trained yet
+    pl.DataFrame({"seed": [0, 1, 0], "plain": [False, False, True]}).write_parquet(res)
+    assert missing_seeds(res, (0, 1, 2, 3)) == (2, 3)
+    assert missing_seeds(res, (0, 1, 2), plain=True) == (1, 2)
+    assert read_students(res, (1,))["seed"].to_list() == [1]  # other seeds' rows left out
