@@ -61,8 +61,8 @@ def missing_seeds(results: Path, seeds: tuple[int, ...], *, plain: bool = False)
     more seeds trains only those (``distill`` merges its rows by key)."""
     if not results.is_file():
         return seeds
-    done = pl.read_parquet(results).filter(pl.col("plain") == plain)["seed"].to_list()
-    return tuple(s for s in seeds if s not in set(done))
+    done = set(pl.read_parquet(results).filter(pl.col("plain") == plain)["seed"].to_list())
+    return tuple(s for s in seeds if s not in done)
 
 
 def read_students(results: Path, seeds: tuple[int, ...]) -> pl.DataFrame:

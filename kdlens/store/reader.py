@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -18,7 +17,7 @@ import pyarrow as pa
 from kdlens.errors import StoreError
 from kdlens.store.format import Batch, FileInfo, Part, read_batch_rows
 from kdlens.store.fs import StorePath, open_parquet
-from kdlens.store.scan import resolve_files, scan_file
+from kdlens.store.scan import resolve_files, scan_source_file
 
 __all__ = ["LogitsStore", "open_store", "part_batches", "prefetch"]
 
@@ -319,20 +318,6 @@ def _filter_part(rb: pa.RecordBatch, part: Part) -> pa.RecordBatch:
     return rb.filter(mask)
 
 
-def _scan(path: StorePath, source: Any) -> FileInfo:
-    try:
-        return scan_file(path)
-    except StoreError as exc:
-        if not isinstance(source, (str, os.PathLike)) or not Path(source).is_dir():
-            raise
-        # Every .parquet below a directory is read as logits: say so, since the usual cause
-        # is a folder that holds other tables too (an analysis beside its store).
-        raise StoreError(
-            f"{exc}; every .parquet file under the directory {source} is read as a logits "
-            "file: point at the folder that holds only the store"
-        ) from None
-
-
 def open_store(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> LogitsStore:
     """Open a store: a Parquet file, a directory of them, a glob, or a list; each a local
     path or a URL (``s3://bucket/store``, ``gs://...``, ``file://...``; see
@@ -344,7 +329,7 @@ def open_store(source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
     """
     if isinstance(source, LogitsStore):
         return source
-    files = [_scan(p, source) for p in resolve_files(source)]
+    files = [scan_source_file(p, source) for p in resolve_files(source)]
     label = str(source) if not isinstance(source, (list, tuple)) else ", ".join(map(str, source))
     store = LogitsStore(files, label)
     if not store.parts:

@@ -22,7 +22,7 @@ from kdlens.errors import StoreError
 from kdlens.store.format import METADATA_KEY, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, FileInfo, Part
 from kdlens.store.fs import StorePath, Url, open_parquet, resolve_url
 
-__all__ = ["read_metadata", "resolve_files", "scan_file"]
+__all__ = ["read_metadata", "resolve_files", "scan_file", "scan_source_file"]
 
 
 def resolve_files(
@@ -59,6 +59,21 @@ def resolve_files(
             raise StoreError(f"{s}: glob matches no files")
         return files
     raise StoreError(f"{s}: no such file or directory")
+
+
+def scan_source_file(path: StorePath, source: Any) -> FileInfo:
+    """:func:`scan_file` of one of ``source``'s files; when ``source`` is a local directory
+    its error also says that every .parquet below it is read as logits (the usual cause: a
+    folder that holds other tables too, such as an analysis beside its store)."""
+    try:
+        return scan_file(path)
+    except StoreError as exc:
+        if not isinstance(source, (str, os.PathLike)) or not local_path(source).is_dir():
+            raise
+        raise StoreError(
+            f"{exc}; every .parquet file under the directory {source} is read as a logits "
+            "file: point at the folder that holds only the store"
+        ) from None
 
 
 def scan_file(path: StorePath) -> FileInfo:

@@ -21,7 +21,7 @@ import numpy as np
 from kdlens.errors import KdlensError
 from kdlens.store.format import FORMAT_VERSION, FileInfo
 from kdlens.store.reader import LogitsStore
-from kdlens.store.scan import resolve_files, scan_file
+from kdlens.store.scan import resolve_files, scan_source_file
 
 __all__ = ["PartReport", "ValidationReport", "validate"]
 
@@ -201,7 +201,7 @@ def _scan_all(source: Any, report: ValidationReport) -> list[FileInfo]:
     infos = []
     for p in paths:
         try:
-            infos.append(scan_file(p))
+            infos.append(scan_source_file(p, source))
         except KdlensError as exc:
             report.unreadable.append(str(exc))
     return infos
