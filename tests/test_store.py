@@ -192,6 +192,9 @@ def test_missing_column_and_wrong_dtype(tmp_path: Path) -> None:
     # Found under a directory: the error says every .parquet there is read as logits.
     with pytest.raises(StoreError, match="missing column 'split'; every .parquet file under"):
         open_store(tmp_path)
+    from kdlens.store.validate import validate
+
+    assert "; every .parquet file under" in validate(tmp_path).unreadable[0]
     t = pa.table(
         {
             "run": ["r"],
