@@ -78,6 +78,13 @@ def test_grid_store_layout_and_metadata(grid: Path) -> None:
     assert man["timings"]["dump_overhead"] > 0
     assert [c["checkpoint"] for c in man["checkpoints"]] == ["ep001", "ep002", "ep004"]
     assert not list(grid.rglob(".*.tmp"))
+    # what the numbers depend on beyond the configuration: versions and CPU kernels
+    env = man["environment"]
+    assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["device"] == "cpu" and env["torch_threads"] == 1  # a small model: one thread
+    grid_env = json.loads((grid / "kdlens-dump.json").read_text())["environment"]
+    assert grid_env["torch"] == torch.__version__ and grid_env["device"] == "cpu"
 
 
 def test_checkpoints_load_weights_only_and_reproduce_logits(grid: Path) -> None:
@@ -133,6 +140,46 @@ def test_resume_after_interruption_gives_identical_logits(tmp_path: Path) -> Non
     # the resume file holds only tensors and plain containers
     state = torch.load(tmp_path / "b" / "bs64-seed0" / "resume.pt", weights_only=True)
     assert state["epoch"] == 5
+    man = json.loads((tmp_path / "b" / "bs64-seed0" / "manifest.json").read_text())
+    assert "resumed_environments" not in man  # the same environment: nothing to say
+
+
+def test_resume_in_another_environment_is_recorded_and_said(tmp_path: Path) -> None:
+    from kdlens.harness.reporting import QuietReporter
+
+    class Boom(Exception):
+        pass
+
+    def stop_after_1(run: str, epoch: int) -> None:
+        if epoch == 1:
+            raise Boom
+
+    cfg = dict(epochs=2, checkpoints=(1, 2))
+    with pytest.raises(Boom):
+        dump(tmp_path, tiny(**cfg), on_epoch_end=stop_after_1)
+    path = tmp_path / "bs64-seed0" / "manifest.json"
+    man = json.loads(path.read_text())
+    started = man["environment"]
+    assert started["torch"] == torch.__version__
+    # as if the run had started on a machine whose torch used other CPU kernels
+    man["environment"] = {**started, "cpu_capability": "DEFAULT"}
+    path.write_text(json.dumps(man))
+
+    class Said(QuietReporter):
+        lines: list[str] = []
+
+        def message(self, text: str) -> None:
+            self.lines.append(text)
+
+    res = dump(tmp_path, tiny(**cfg), reporter=Said())
+    assert res[0].status == "resumed"
+    man = json.loads(path.read_text())
+    assert man["environment"]["cpu_capability"] == "DEFAULT"  # where it started is kept
+    [again] = man["resumed_environments"]
+    assert again["epoch"] == 1 and again["cpu_capability"] == started["cpu_capability"]
+    [line] = [t for t in Said.lines if "different environment" in t]
+    assert "bs64-seed0: resumed at epoch 1" in line
+    assert f"cpu_capability: DEFAULT -> {started['cpu_capability']}" in line
 
 
 def test_lost_store_file_is_redumped_from_its_checkpoint(grid: Path, tmp_path: Path) -> None:

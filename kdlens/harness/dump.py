@@ -23,6 +23,7 @@ from kdlens.harness.parallel import parse_devices, train_runs_parallel
 from kdlens.harness.reporting import QuietReporter, Reporter, RunResult
 from kdlens.harness.rundir import changed_keys, read_manifest, write_json_atomic
 from kdlens.harness.runtime import (
+    environment,
     extract_state_dict,
     load_state_dict_checked,
     load_tensors,
@@ -113,6 +114,7 @@ def dump(
             "config": asdict(cfg),
             "data": data.info,
             "device": str(device) if not devices or len(devices) == 1 else ",".join(devices),
+            "environment": environment(device),
             "wall_seconds": time.perf_counter() - t0,
             "runs": [_run_summary(r) for r in results],
         },

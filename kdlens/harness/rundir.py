@@ -1,10 +1,10 @@
 """A run's directory: its manifest, the configuration check, and the resume file.
 
 ``<run>/manifest.json`` records the run's configuration, finished checkpoints,
-per-epoch history and timings; ``<run>/resume.pt`` holds the model, optimizer and
-RNG states after the last saved epoch. A rerun with the same configuration resumes
-from there, bit for bit as if it had never stopped; a different configuration is
-refused unless ``overwrite``.
+per-epoch history, timings and the environment it trained in; ``<run>/resume.pt``
+holds the model, optimizer and RNG states after the last saved epoch. A rerun with the
+same configuration resumes from there, bit for bit as if it had never stopped (in the
+same environment); a different configuration is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from torch import nn
 from kdlens._internal.atomic import write_text_atomic
 from kdlens.errors import InputError
 from kdlens.harness.data import Splits
-from kdlens.harness.runtime import load_tensors, save_atomic
+from kdlens.harness.reporting import Reporter
+from kdlens.harness.runtime import environment_changes, load_tensors, save_atomic
 
 __all__ = [
     "MANIFEST",
@@ -30,6 +31,7 @@ __all__ = [
     "finish_manifest",
     "new_manifest",
     "read_manifest",
+    "record_environment",
     "restore_run",
     "save_resume",
     "set_dump_overhead",
@@ -90,6 +92,8 @@ def new_manifest(run: str, rc: dict[str, Any], data: Splits) -> dict[str, Any]:
         "class_names": data.class_names,
         "epochs_done": 0,
         "step": 0,
+        #: set by the training loop (harness.runtime.environment); kept across resumes
+        "environment": None,
         "checkpoints": [],
         "history": [],
         "timings": {
@@ -130,8 +134,9 @@ def restore_run(
     aug_gen.set_state(state["aug_rng"])
     start_epoch, step = int(state["epoch"]), int(state["step"])
     old = json.loads(manifest_path.read_text())
-    for key in ("checkpoints", "history", "timings"):
-        manifest[key] = old.get(key, manifest[key])
+    for key in ("checkpoints", "history", "timings", "environment", "resumed_environments"):
+        if key in old:
+            manifest[key] = old[key]
     manifest["checkpoints"] = [c for c in manifest["checkpoints"] if c["epoch"] <= start_epoch]
     manifest["history"] = [h for h in manifest["history"] if h["epoch"] <= start_epoch]
     manifest["epochs_done"], manifest["step"] = start_epoch, step
@@ -175,3 +180,20 @@ def finish_manifest(rdir: Path, manifest: dict[str, Any], *, epochs: int) -> Non
         manifest["status"] = "complete"
     set_dump_overhead(manifest["timings"])
     write_json_atomic(manifest, rdir / MANIFEST)
+
+
+def record_environment(
+    manifest: dict[str, Any], env: dict[str, Any], status: str, start_epoch: int, rep: Reporter
+) -> None:
+    """Keep the environment the run started in; a resume under another one is recorded
+    and said, since its logits will not match an uninterrupted run's bit for bit."""
+    if manifest.get("environment") is None:
+        manifest["environment"] = env
+        return
+    changes = environment_changes(manifest["environment"], env)
+    if status == "resumed" and changes:
+        manifest.setdefault("resumed_environments", []).append({"epoch": start_epoch, **env})
+        rep.message(
+            f"{manifest['run']}: resumed at epoch {start_epoch} in a different environment "
+            f"({'; '.join(changes)}): its logits will not match an uninterrupted run's bit for bit"
+        )

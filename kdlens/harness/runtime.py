@@ -18,6 +18,8 @@ from kdlens.errors import InputError
 __all__ = [
     "resolve_device",
     "cpu_threads",
+    "environment",
+    "environment_changes",
     "autocast",
     "predict_logits",
     "save_atomic",
@@ -53,6 +55,41 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its configuration, for its manifest.
+
+    The same configuration trains to bit-identical weights only under the same
+    library versions and the same kernels: torch picks its CPU kernels by the
+    processor's vector capability (e.g. AVX2 or AVX512), whose rounding differs, and a
+    difference in the first step grows over epochs of SGD.
+    """
+    import platform
+
+    from kdlens._version import __version__
+
+    env: dict[str, Any] = {
+        "kdlens": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device": device.type,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def environment_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for each entry of :func:`environment` that differs (none when
+    ``old`` is missing: a manifest written before environments were recorded)."""
+    if not old:
+        return []
+    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in new if old.get(k) != new.get(k)]
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:

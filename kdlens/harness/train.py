@@ -41,12 +41,20 @@ from kdlens.harness.rundir import (
     check_run_dir,
     finish_manifest,
     new_manifest,
+    record_environment,
     restore_run,
     save_resume,
     set_dump_overhead,
     write_json_atomic,
 )
-from kdlens.harness.runtime import autocast, cpu_threads, load_tensors, place, save_atomic
+from kdlens.harness.runtime import (
+    autocast,
+    cpu_threads,
+    environment,
+    load_tensors,
+    place,
+    save_atomic,
+)
 
 __all__ = [
     "DumpConfig",
@@ -160,6 +168,7 @@ def train_run(
         device.type == "cpu" and torch.get_num_threads() == 1 and (os.cpu_count() or 1) >= 2
     )
     try:
+        record_environment(manifest, environment(device), status, start_epoch, rep)
         _redump_missing(r, manifest, writer)
         rep.run_started(name, epochs=cfg.epochs, start_epoch=start_epoch)
         _train_epochs(r, manifest, writer, start_epoch, step, background, rep, on_epoch_end)
