@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 
@@ -92,6 +93,55 @@ def dark_mass_row(run: Path) -> dict[str, object]:
         "members": best["n_members"],
         "dark_mass_mixture": mixed,
     }
+
+
+def teacher_seed_markdown(runs: list[Path]) -> str:
+    """Per teacher seed of each run with more than one: the best checkpoint by its students,
+    the mixture's members from that seed, and each seed's best against the first seed's
+    (student-seed-paired difference, pp, 95 % seed-bootstrap interval)."""
+    from validate_mixture import read_students, seed_bootstrap
+
+    lines = [
+        "| benchmark | teacher seed | best checkpoint | its students "
+        "| − the first seed's best [95 % CI] | mixture members from this seed |",
+        "| --- | ---: | --- | ---: | --- | ---: |",
+    ]
+    for run in runs:
+        meta = json.loads((run / "run.json").read_text())
+        kd = read_students(run / "students" / "results.parquet", tuple(meta["seeds"]))
+        kd = kd.filter(~pl.col("plain")).with_columns(
+            teacher_seed=pl.col("run").str.extract(r"-seed(\d+)$").cast(pl.Int64)
+        )
+        seeds = sorted(set(kd["teacher_seed"].to_list()))
+        if len(seeds) < 2:
+            continue
+        means = kd.group_by("teacher_seed", "run", "checkpoint").agg(
+            acc=pl.col("student_test_acc").mean()
+        )
+        members = pl.read_parquet(run / "mixture.parquet")["members"][0].split(", ")
+        first: dict[int, float] = {}
+        for ts in seeds:
+            best = means.filter(pl.col("teacher_seed") == ts).sort(
+                ["acc", "run", "checkpoint"], descending=[True, False, False]
+            )
+            run_name, ck, acc = best.row(0)[1:]
+            per = dict(
+                kd.filter(pl.col("run") == run_name, pl.col("checkpoint") == ck)
+                .select("seed", "student_test_acc")
+                .rows()
+            )
+            if not first:
+                first, versus = per, "—"
+            else:
+                common = sorted(set(per) & set(first))
+                d, lo, hi = seed_bootstrap(100 * np.array([per[s] - first[s] for s in common]))
+                versus = f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            mine = sum(m.split("/")[0].endswith(f"-seed{ts}") for m in members)
+            lines.append(
+                f"| {meta['benchmark']} | {ts} | {run_name}/{ck} | {100 * acc:.2f} % "
+                f"| {versus} | {mine} of {len(members)} |"
+            )
+    return "\n".join(lines)
 
 
 def _member(members: str) -> tuple[str, str]:
@@ -184,6 +234,9 @@ def main() -> None:
     )
     a = ap.parse_args()
     print(markdown([summary_row(r) for r in a.runs]))
+    if (seeds := teacher_seed_markdown(a.runs)).count("\n") > 1:
+        print()
+        print(seeds)
     if a.sharpen:
         print()
         print(sharpen_markdown(a.runs))

@@ -408,3 +408,46 @@ def test_a_rerun_with_more_seeds_trains_only_the_new_ones(tmp_path: Path, monkey
     assert missing_seeds(res, (0, 1, 2, 3)) == (2, 3)
     assert missing_seeds(res, (0, 1, 2), plain=True) == (1, 2)
     assert read_students(res, (1,))["seed"].to_list() == [1]  # other seeds' rows left out
+
+
+def test_teacher_seed_table_compares_each_seeds_best(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    import polars as pl
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    from validation_summary import teacher_seed_markdown
+
+    run = tmp_path / "r"
+    (run / "students").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"benchmark": "b-seeds", "seeds": [0, 1, 2]}))
+    acc = {  # teacher run/checkpoint -> student accuracy per student seed (seed 3: not asked)
+        ("bs32-seed0", "ep001"): [0.50, 0.52, 0.54, 0.99],
+        ("bs32-seed0", "ep002"): [0.60, 0.62, 0.64, 0.99],  # seed 0's best
+        ("bs32-seed1", "ep001"): [0.61, 0.64, 0.67, 0.10],  # seed 1's best: +1, +2, +3 pp
+        ("bs32-seed1", "ep002"): [0.55, 0.55, 0.55, 0.10],
+    }
+    rows = [
+        {"run": r, "checkpoint": c, "seed": s, "plain": False, "student_test_acc": a}
+        for (r, c), accs in acc.items()
+        for s, a in enumerate(accs)
+    ]
+    rows += [
+        {"run": "plain", "checkpoint": "plain", "seed": s, "plain": True, "student_test_acc": 0.9}
+        for s in range(3)
+    ]
+    pl.DataFrame(rows).write_parquet(run / "students" / "results.parquet")
+    members = "bs32-seed0/ep002 x0.50, bs32-seed1/ep001 x0.25, bs32-seed1/ep002 x0.25"
+    pl.DataFrame({"versus": ["best single checkpoint"], "members": [members]}).write_parquet(
+        run / "mixture.parquet"
+    )
+    one = tmp_path / "one"  # a run with one teacher seed gets no rows
+    (one / "students").mkdir(parents=True)
+    (one / "run.json").write_text(json.dumps({"benchmark": "b-one", "seeds": [0]}))
+    pl.DataFrame(rows[:1]).write_parquet(one / "students" / "results.parquet")
+    lines = teacher_seed_markdown([run, one]).splitlines()
+    assert len(lines) == 4
+    assert lines[2] == "| b-seeds | 0 | bs32-seed0/ep002 | 62.00 % | — | 1 of 3 |"
+    cells = lines[3].split(" | ")
+    assert cells[:4] == ["| b-seeds", "1", "bs32-seed1/ep001", "64.00 %"]
+    assert cells[4].startswith("+2.00 [+1.00, +") and cells[5] == "2 of 3 |"
